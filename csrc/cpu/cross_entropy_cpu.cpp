@@ -1,0 +1,211 @@
+// CPU host functions: checks, dtype conversions of the small tensors, output allocation, and the
+// choice of the kernel table for this processor.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <string>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+#include <smoothing_ext/xent_math.h>
+
+#include "cross_entropy_kernel.h"
+#include "xent_checks.h"
+
+namespace smoothing_ext::cpu {
+
+namespace {
+
+bool cpu_has_avx2() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+bool cpu_has_avx512() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+  return false;
+#endif
+}
+
+KernelTable pick_table() {
+  const char* env = std::getenv("SMOOTHING_EXT_CPU_CAPABILITY");
+  const std::string want = env ? env : "";
+  TORCH_CHECK_VALUE(want.empty() || want == "default" || want == "avx2" || want == "avx512",
+                    "SMOOTHING_EXT_CPU_CAPABILITY must be default, avx2 or avx512, got '", want, "'");
+  if (want == "default") return kernels_default();
+  if (cpu_has_avx512() && (want.empty() || want == "avx512")) return kernels_avx512();
+  if (cpu_has_avx2() && want != "default") return kernels_avx2();
+  return kernels_default();
+}
+
+// The gradient is as large as the logits and written once. A fresh allocation of that size comes
+// from mmap and pays one page fault per 4 KiB on first touch, which costs as much as the kernel
+// itself; 2 MiB transparent huge pages cut that by ~4x (THP is "madvise" on common distributions).
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kHugeMin = size_t(8) << 20;
+
+bool hugepages_enabled() {
+  static const bool on = [] {
+    const char* env = std::getenv("SMOOTHING_EXT_HUGEPAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return on;
+}
+
+at::Tensor empty_like_grad(const at::Tensor& input) {
+  const auto opts = input.options().memory_format(at::MemoryFormat::Contiguous);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t nbytes = static_cast<size_t>(input.numel()) * input.element_size();
+  if (hugepages_enabled() && nbytes >= kHugeMin) {
+    const size_t len = nbytes + kHugePage;
+    void* base = mmap(nullptr, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base != MAP_FAILED) {
+      const uintptr_t aligned = (reinterpret_cast<uintptr_t>(base) + kHugePage - 1) & ~(kHugePage - 1);
+      madvise(reinterpret_cast<void*>(aligned), nbytes, MADV_HUGEPAGE);  // a hint; failure is harmless
+      return at::from_blob(
+          reinterpret_cast<void*>(aligned), input.sizes(), [base, len](void*) { munmap(base, len); },
+          input.options());
+    }
+  }
+#endif
+  return at::empty(input.sizes(), opts);
+}
+
+void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const XentShape& sh,
+                 double eps) {
+  a.dtype = x.scalar_type();
+  a.input = x.const_data_ptr();
+  a.weight = w.defined() ? w.const_data_ptr() : nullptr;
+  a.weight_sum = w.defined() ? w.sum(at::kDouble).item<double>() : static_cast<double>(sh.C);
+  a.N = sh.N;
+  a.C = sh.C;
+  a.S = sh.S;
+  const auto c = uniform_coefs<double>(eps, sh.C);
+  a.on = c.on;
+  a.off = c.off;
+}
+
+}  // namespace
+
+const KernelTable& active_kernels() {
+  static const KernelTable table = pick_table();
+  return table;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                             const std::optional<at::Tensor>& weight,
+                                                             int64_t ignore_index, double label_smoothing) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (loss.numel() == 0) return {loss, lse};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor t = index_target_as_int64(target);
+  const at::Tensor w = weight_as_acc(weight, acc);
+  XentArgs a{};
+  fill_common(a, x, w, sh, label_smoothing);
+  a.target = t.const_data_ptr();
+  a.ignore_index = ignore_index;
+  a.loss = loss.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr();
+  const int64_t bad = active_kernels().index_forward(a);
+  if (bad >= 0) throw_bad_target(t.const_data_ptr<int64_t>()[bad], bad, input, target, ignore_index);
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                      const at::Tensor& input, const at::Tensor& target,
+                                      const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                      int64_t ignore_index, double label_smoothing) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  at::Tensor grad = empty_like_grad(input);
+  if (grad.numel() == 0) return grad;
+  const auto acc = acc_dtype(input.scalar_type());
+  const at::Tensor x = input.contiguous();
+  const at::Tensor t = index_target_as_int64(target);
+  const at::Tensor w = weight_as_acc(weight, acc);
+  const at::Tensor g = grad_as_acc(grad_loss, acc);
+  const at::Tensor gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_as_acc(*grad_lse, acc) : at::Tensor();
+  const at::Tensor l = grad_as_acc(lse, acc);
+  XentArgs a{};
+  fill_common(a, x, w, sh, label_smoothing);
+  a.target = t.const_data_ptr();
+  a.ignore_index = ignore_index;
+  a.grad_loss = g.const_data_ptr();
+  a.grad_lse = gl.defined() ? gl.const_data_ptr() : nullptr;
+  a.lse_in = l.const_data_ptr();
+  a.grad_input = grad.mutable_data_ptr();
+  active_kernels().index_backward(a);
+  return grad;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tensor& input, const at::Tensor& target,
+                                                                  const std::optional<at::Tensor>& weight,
+                                                                  double label_smoothing) {
+  const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (loss.numel() == 0) return {loss, lse};
+  const at::Tensor x = input.contiguous();
+  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const at::Tensor w = weight_as_acc(weight, acc);
+  XentArgs a{};
+  fill_common(a, x, w, sh, label_smoothing);
+  a.target = y.const_data_ptr();
+  a.loss = loss.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr();
+  active_kernels().prob_forward(a);
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_prob_backward_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                           const at::Tensor& input, const at::Tensor& target,
+                                           const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                           double label_smoothing) {
+  const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  at::Tensor grad = empty_like_grad(input);
+  if (grad.numel() == 0) return grad;
+  const auto acc = acc_dtype(input.scalar_type());
+  const at::Tensor x = input.contiguous();
+  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const at::Tensor w = weight_as_acc(weight, acc);
+  const at::Tensor g = grad_as_acc(grad_loss, acc);
+  const at::Tensor gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_as_acc(*grad_lse, acc) : at::Tensor();
+  const at::Tensor l = grad_as_acc(lse, acc);
+  XentArgs a{};
+  fill_common(a, x, w, sh, label_smoothing);
+  a.target = y.const_data_ptr();
+  a.grad_loss = g.const_data_ptr();
+  a.grad_lse = gl.defined() ? gl.const_data_ptr() : nullptr;
+  a.lse_in = l.const_data_ptr();
+  a.grad_input = grad.mutable_data_ptr();
+  active_kernels().prob_backward(a);
+  return grad;
+}
+
+}  // namespace smoothing_ext::cpu
+
+namespace smoothing_ext {
+// Name of the instruction set the CPU kernels run with (default, avx2 or avx512).
+std::string cpu_capability() { return cpu::active_kernels().name; }
+}  // namespace smoothing_ext
+
+TORCH_LIBRARY_IMPL(smoothing_ext, CPU, m) {
+  m.impl("cross_entropy_forward", &smoothing_ext::cpu::cross_entropy_forward_cpu);
+  m.impl("_cross_entropy_backward", &smoothing_ext::cpu::cross_entropy_backward_cpu);
+  m.impl("cross_entropy_prob_forward", &smoothing_ext::cpu::cross_entropy_prob_forward_cpu);
+  m.impl("_cross_entropy_prob_backward", &smoothing_ext::cpu::cross_entropy_prob_backward_cpu);
+}

@@ -1,0 +1,9 @@
+// Kernels for any x86-64 / other processor (at::vec's portable DEFAULT implementation).
+#include "cross_entropy_kernel_prelude.h"
+
+#define CPU_CAPABILITY DEFAULT
+#include "cross_entropy_kernel_impl.h"
+
+namespace smoothing_ext::cpu {
+KernelTable kernels_default() { return DEFAULT::make_table("default"); }
+}  // namespace smoothing_ext::cpu

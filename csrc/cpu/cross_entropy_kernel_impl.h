@@ -1,0 +1,647 @@
+// Vectorized CPU kernels. Included once per instruction set by cross_entropy_kernel_<isa>.cpp,
+// which first includes the baseline headers (cross_entropy_kernel_prelude.h), then defines
+// CPU_CAPABILITY / CPU_CAPABILITY_<ISA> and a matching `#pragma GCC target`, then includes this.
+// Everything here lives in `inline namespace CPU_CAPABILITY`, so the copies never collide.
+//
+// Traffic per row of C logits (S == 1): forward reads the row once from memory (the second,
+// exp pass re-reads it from L2), backward reads it once and writes the gradient once.
+// Rows of a (N, C, d1..dk) input are strided by S = d1*...*dk; they are processed in place,
+// vectorized across the contiguous spatial positions, never transposed.
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <smoothing_ext/xent_math.h>
+
+#include "cross_entropy_kernel.h"
+
+namespace smoothing_ext::cpu {
+inline namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
+
+// ---------------------------------------------------------------------------------------------
+// exp. Every logit goes through exp once per pass, so its cost sets the speed once the data is
+// in cache. Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for
+// exp(r) (Cephes expf coefficients) and a scale by 2^k. Measured against float64 exp over
+// [-104, 0] (tests/test_fast_exp.py): relative error below 2^-22 (about 2 ulp). Inputs below
+// -103.9 give exactly 0 (all that matters is exp(x - max) <= 1), NaN propagates.
+// ---------------------------------------------------------------------------------------------
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> fast_exp(const Vectorized<float>& xv) {
+  const __m512 lo = _mm512_set1_ps(-103.9f);
+  const __m512 hi = _mm512_set1_ps(88.37f);
+  // max/min return their second operand when one is NaN: NaN stays NaN.
+  __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, __m512(xv)));
+  __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  // scalef computes p * 2^k with correct underflow to subnormals and zero.
+  return _mm512_scalef_ps(p, k);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> fast_exp(const Vectorized<float>& xv) {
+  const __m256 lo = _mm256_set1_ps(-87.33f);  // below: exp < FLT_MIN, returned as 0
+  const __m256 hi = _mm256_set1_ps(88.37f);
+  const __m256 xin = __m256(xv);
+  __m256 x = _mm256_min_ps(hi, _mm256_max_ps(lo, xin));
+  __m256 k = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 r2 = _mm256_mul_ps(r, r);
+  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  // 2^k built in the exponent field; k is in [-126, 128) after the clamp.
+  __m256i ki = _mm256_cvtps_epi32(k);
+  __m256 scale = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ki, _mm256_set1_epi32(127)), 23));
+  __m256 res = _mm256_mul_ps(p, scale);
+  // exact zero below the range (a -inf logit); NaN compares false and passes through
+  return _mm256_andnot_ps(_mm256_cmp_ps(xin, lo, _CMP_LT_OQ), res);
+}
+#else
+inline float exp_scalar(float v) { return std::exp(v); }
+inline Vectorized<float> fast_exp(const Vectorized<float>& x) { return x.map(exp_scalar); }
+#endif
+
+inline Vectorized<double> fast_exp(const Vectorized<double>& x) { return x.exp(); }
+
+// max without NaN bookkeeping: a NaN logit already poisons the exp sum (and so lse and the loss).
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> vmax(const Vectorized<float>& a, const Vectorized<float>& b) {
+  return _mm512_max_ps(a, b);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> vmax(const Vectorized<float>& a, const Vectorized<float>& b) {
+  return _mm256_max_ps(a, b);
+}
+#else
+inline Vectorized<float> vmax(const Vectorized<float>& a, const Vectorized<float>& b) {
+  return at::vec::maximum(a, b);
+}
+#endif
+inline Vectorized<double> vmax(const Vectorized<double>& a, const Vectorized<double>& b) {
+  return at::vec::maximum(a, b);
+}
+
+// ---------------------------------------------------------------------------------------------
+// loads and stores between the input dtype and the accumulation dtype
+// ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+inline Vectorized<acc_t> vload(const scalar_t* p) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return Vectorized<acc_t>::loadu(p);
+  } else {
+    Vectorized<float> out;
+    at::vec::load_to_float(p, out);
+    return out;
+  }
+}
+
+// Stores two accumulation vectors (2 * size() elements).
+template <typename scalar_t, typename acc_t>
+inline void vstore2(scalar_t* p, const Vectorized<acc_t>& a, const Vectorized<acc_t>& b) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    a.store(p);
+    b.store(p + Vectorized<acc_t>::size());
+  } else {
+    at::vec::convert_from_float<scalar_t>(a, b).store(p);
+  }
+}
+
+template <typename acc_t>
+inline acc_t hsum(const Vectorized<acc_t>& v) {
+  alignas(64) acc_t buf[Vectorized<acc_t>::size()];
+  v.store(buf);
+  // pairwise, so that the lanes' partial sums are combined as evenly as they were accumulated
+  int64_t n = Vectorized<acc_t>::size();
+  while (n > 1) {
+    n /= 2;
+    for (int64_t i = 0; i < n; ++i) buf[i] += buf[i + n];
+  }
+  return buf[0];
+}
+
+template <typename acc_t>
+inline acc_t hmax(const Vectorized<acc_t>& v) {
+  alignas(64) acc_t buf[Vectorized<acc_t>::size()];
+  v.store(buf);
+  acc_t m = buf[0];
+  for (int64_t i = 1; i < Vectorized<acc_t>::size(); ++i) m = buf[i] > m ? buf[i] : m;
+  return m;
+}
+
+template <typename acc_t>
+inline acc_t scalar_exp(acc_t v) {
+  return std::exp(v);
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-row building blocks, contiguous rows (S == 1)
+// ---------------------------------------------------------------------------------------------
+
+// max_j x_j and sum_j w_j x_j (w == nullptr: sum_j x_j)
+template <typename scalar_t, typename acc_t>
+inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_out, acc_t& s_out) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  V m0(ninf), m1(ninf), s0(acc_t(0)), s1(acc_t(0));
+  int64_t j = 0;
+  if (w == nullptr) {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      m0 = vmax(m0, a);
+      m1 = vmax(m1, b);
+      s0 = s0 + a;
+      s1 = s1 + b;
+    }
+  } else {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      m0 = vmax(m0, a);
+      m1 = vmax(m1, b);
+      s0 = at::vec::fmadd(a, V::loadu(w + j), s0);
+      s1 = at::vec::fmadd(b, V::loadu(w + j + K), s1);
+    }
+  }
+  acc_t m = hmax(vmax(m0, m1));
+  acc_t s = hsum(s0 + s1);
+  for (; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j]);
+    m = v > m ? v : m;
+    s += w == nullptr ? v : w[j] * v;
+  }
+  m_out = m;
+  s_out = s;
+}
+
+// Number of x_j equal to m, and the sum of exp(x_j - m) over the others (see lse_from_parts).
+template <typename scalar_t, typename acc_t>
+inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, acc_t& cnt_out, acc_t& rest_out) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const V vm(m), zero(acc_t(0)), one(acc_t(1));
+  V r0(acc_t(0)), r1(acc_t(0)), c0(acc_t(0)), c1(acc_t(0));
+  int64_t j = 0;
+  for (; j + 2 * K <= C; j += 2 * K) {
+    const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+    const V ea = fast_exp(a - vm), eb = fast_exp(b - vm);
+    const V qa = (a == vm), qb = (b == vm);
+    r0 = r0 + V::blendv(ea, zero, qa);
+    r1 = r1 + V::blendv(eb, zero, qb);
+    c0 = c0 + V::blendv(zero, one, qa);
+    c1 = c1 + V::blendv(zero, one, qb);
+  }
+  acc_t rest = hsum(r0 + r1);
+  acc_t cnt = hsum(c0 + c1);
+  for (; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j]);
+    if (v == m) {
+      cnt += acc_t(1);
+    } else {
+      rest += scalar_exp(v - m);
+    }
+  }
+  cnt_out = cnt;
+  rest_out = rest;
+}
+
+// grad_j = A exp(x_j - lse) - B w_j  (w == nullptr: - B)
+template <typename scalar_t, typename acc_t>
+inline void row_grad(const scalar_t* x, scalar_t* gx, int64_t C, acc_t lse, acc_t A, acc_t B,
+                     const acc_t* w) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  if (A == acc_t(0) && B == acc_t(0)) {
+    std::memset(static_cast<void*>(gx), 0, sizeof(scalar_t) * C);
+    return;
+  }
+  const V vl(lse), va(A), vb(B);
+  int64_t j = 0;
+  if (w == nullptr) {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(va, fast_exp(a - vl), vb),
+                               at::vec::fmsub(va, fast_exp(b - vl), vb));
+    }
+  } else {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(va, fast_exp(a - vl), vb * V::loadu(w + j)),
+                               at::vec::fmsub(va, fast_exp(b - vl), vb * V::loadu(w + j + K)));
+    }
+  }
+  for (; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j]);
+    gx[j] = static_cast<scalar_t>(A * scalar_exp(v - lse) - B * (w == nullptr ? acc_t(1) : w[j]));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// per-row building blocks, strided rows (S > 1): lanes are K consecutive spatial positions
+// ---------------------------------------------------------------------------------------------
+
+template <typename acc_t>
+struct LaneArrays {
+  static constexpr int64_t K = Vectorized<acc_t>::size();
+  alignas(64) acc_t v[K];
+};
+
+// ---------------------------------------------------------------------------------------------
+// index targets
+// ---------------------------------------------------------------------------------------------
+
+inline void record_bad(std::atomic<int64_t>& first_bad, int64_t pos) {
+  int64_t cur = first_bad.load(std::memory_order_relaxed);
+  while (pos < cur && !first_bad.compare_exchange_weak(cur, pos, std::memory_order_relaxed)) {
+  }
+}
+
+inline int64_t grain_rows(int64_t C) {
+  // enough work per task to amortise the scheduling (~32k elements)
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
+}
+
+template <typename scalar_t, typename acc_t>
+int64_t index_forward_impl(const XentArgs& a) {
+  const scalar_t* x = static_cast<const scalar_t*>(a.input);
+  const int64_t* tgt = static_cast<const int64_t*>(a.target);
+  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  acc_t* loss = static_cast<acc_t*>(a.loss);
+  acc_t* lse_out = static_cast<acc_t*>(a.lse);
+  const int64_t C = a.C, S = a.S;
+  const acc_t W = static_cast<acc_t>(a.weight_sum);
+  const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
+  const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
+  std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
+
+  // Finishes row `pos` (flat n * S + s) from its statistics.
+  auto finish = [&](int64_t pos, acc_t m, acc_t sum_wx, acc_t cnt, acc_t rest, acc_t x_t_or_nan,
+                    int64_t t) {
+    const acc_t lse = lse_from_parts(m, cnt, rest);
+    lse_out[pos] = lse;
+    if (t == a.ignore_index) {
+      loss[pos] = acc_t(0);
+    } else if (t < 0 || t >= C) {
+      loss[pos] = nan;
+      record_bad(first_bad, pos);
+    } else {
+      const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+      loss[pos] = index_row_loss(lse, x_t_or_nan, sum_wx, w_t, W, c);
+    }
+  };
+
+  if (S == 1) {
+    at::parallel_for(0, a.N, grain_rows(C), [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* xr = x + n * C;
+        const int64_t t = tgt[n];
+        acc_t m, s, cnt, rest;
+        row_max_sum<scalar_t, acc_t>(xr, C, w, m, s);
+        row_sumexp<scalar_t, acc_t>(xr, C, m, cnt, rest);
+        const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xr[t]) : nan;
+        finish(n, m, s, cnt, rest, x_t, t);
+      }
+    });
+  } else {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t K = V::size();
+    const int64_t blocks = (S + K - 1) / K;  // lane blocks per sample
+    at::parallel_for(0, a.N * blocks, std::max<int64_t>(1, grain_rows(C) / K), [&](int64_t begin, int64_t end) {
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const int64_t n = nb / blocks, s0 = (nb % blocks) * K;
+        const scalar_t* xb = x + n * C * S + s0;
+        const int64_t lanes = std::min<int64_t>(K, S - s0);
+        if (lanes == K) {
+          const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+          V vm(ninf), vs(acc_t(0));
+          for (int64_t j = 0; j < C; ++j) {
+            const V v = vload<scalar_t, acc_t>(xb + j * S);
+            vm = vmax(vm, v);
+            vs = w == nullptr ? vs + v : at::vec::fmadd(v, V(w[j]), vs);
+          }
+          const V zero(acc_t(0)), one(acc_t(1));
+          V vr(acc_t(0)), vc(acc_t(0));
+          for (int64_t j = 0; j < C; ++j) {
+            const V v = vload<scalar_t, acc_t>(xb + j * S);
+            const V q = (v == vm);
+            vr = vr + V::blendv(fast_exp(v - vm), zero, q);
+            vc = vc + V::blendv(zero, one, q);
+          }
+          LaneArrays<acc_t> M, Sm, R, Cn;
+          vm.store(M.v);
+          vs.store(Sm.v);
+          vr.store(R.v);
+          vc.store(Cn.v);
+          for (int64_t l = 0; l < K; ++l) {
+            const int64_t pos = n * S + s0 + l;
+            const int64_t t = tgt[pos];
+            const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xb[t * S + l]) : nan;
+            finish(pos, M.v[l], Sm.v[l], Cn.v[l], R.v[l], x_t, t);
+          }
+        } else {
+          for (int64_t l = 0; l < lanes; ++l) {  // ragged end of the spatial dim: scalar
+            const scalar_t* xr = xb + l;
+            acc_t m = -std::numeric_limits<acc_t>::infinity(), s = 0, cnt = 0, rest = 0;
+            for (int64_t j = 0; j < C; ++j) {
+              const acc_t v = static_cast<acc_t>(xr[j * S]);
+              m = v > m ? v : m;
+              s += w == nullptr ? v : w[j] * v;
+            }
+            for (int64_t j = 0; j < C; ++j) {
+              const acc_t v = static_cast<acc_t>(xr[j * S]);
+              if (v == m) cnt += 1; else rest += scalar_exp(v - m);
+            }
+            const int64_t pos = n * S + s0 + l;
+            const int64_t t = tgt[pos];
+            const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xr[t * S]) : nan;
+            finish(pos, m, s, cnt, rest, x_t, t);
+          }
+        }
+      }
+    });
+  }
+  const int64_t bad = first_bad.load();
+  return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
+}
+
+template <typename scalar_t, typename acc_t>
+void index_backward_impl(const XentArgs& a) {
+  const scalar_t* x = static_cast<const scalar_t*>(a.input);
+  const int64_t* tgt = static_cast<const int64_t*>(a.target);
+  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  const acc_t* gloss = static_cast<const acc_t*>(a.grad_loss);
+  const acc_t* glse = static_cast<const acc_t*>(a.grad_lse);
+  const acc_t* lse_in = static_cast<const acc_t*>(a.lse_in);
+  scalar_t* gx = static_cast<scalar_t*>(a.grad_input);
+  const int64_t C = a.C, S = a.S;
+  const acc_t W = static_cast<acc_t>(a.weight_sum);
+  const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
+
+  // Per row: grad_j = A p_j - B w_j, plus the exact target-class value. Out-of-range targets
+  // never reach here (the forward raised), but are treated as ignored rather than trusted.
+  auto coefs = [&](int64_t pos, int64_t t, acc_t& A, acc_t& B, bool& has_target) {
+    const acc_t g = gloss[pos];
+    const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
+    has_target = t != a.ignore_index && t >= 0 && t < C;
+    if (!has_target) {
+      A = gl;
+      B = acc_t(0);
+    } else {
+      const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+      A = g * index_p_coef(w_t, W, c) + gl;
+      B = g * c.off;
+    }
+  };
+  auto target_value = [&](int64_t pos, int64_t t, acc_t x_t, acc_t lse) -> acc_t {
+    const acc_t g = gloss[pos];
+    const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
+    const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+    acc_t v = g * index_target_grad(x_t, lse, w_t, W, c);
+    if (gl != acc_t(0)) v += gl * scalar_exp(x_t - lse);
+    return v;
+  };
+
+  if (S == 1) {
+    at::parallel_for(0, a.N, grain_rows(C), [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const int64_t t = tgt[n];
+        acc_t A, B;
+        bool has_t;
+        coefs(n, t, A, B, has_t);
+        const acc_t lse = lse_in[n];
+        row_grad<scalar_t, acc_t>(x + n * C, gx + n * C, C, lse, A, B, w);
+        if (has_t) {
+          gx[n * C + t] = static_cast<scalar_t>(target_value(n, t, static_cast<acc_t>(x[n * C + t]), lse));
+        }
+      }
+    });
+  } else {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t K = V::size();
+    const int64_t blocks = (S + K - 1) / K;
+    at::parallel_for(0, a.N * blocks, std::max<int64_t>(1, grain_rows(C) / K), [&](int64_t begin, int64_t end) {
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const int64_t n = nb / blocks, s0 = (nb % blocks) * K;
+        const int64_t base = n * C * S + s0;
+        const int64_t lanes = std::min<int64_t>(K, S - s0);
+        LaneArrays<acc_t> Aa, Ba, La;
+        bool has_t[K];
+        for (int64_t l = 0; l < lanes; ++l) {
+          const int64_t pos = n * S + s0 + l;
+          coefs(pos, tgt[pos], Aa.v[l], Ba.v[l], has_t[l]);
+          La.v[l] = lse_in[pos];
+        }
+        if (lanes == K) {
+          const V vA = V::loadu(Aa.v), vB = V::loadu(Ba.v), vL = V::loadu(La.v);
+          alignas(64) scalar_t out[K];
+          for (int64_t j = 0; j < C; ++j) {
+            const V v = vload<scalar_t, acc_t>(x + base + j * S);
+            const V g = at::vec::fmsub(vA, fast_exp(v - vL), w == nullptr ? vB : vB * V(w[j]));
+            if constexpr (std::is_same_v<scalar_t, acc_t>) {
+              g.store(gx + base + j * S);
+            } else {
+              LaneArrays<acc_t> tmp;
+              g.store(tmp.v);
+              for (int64_t l = 0; l < K; ++l) out[l] = static_cast<scalar_t>(tmp.v[l]);
+              std::memcpy(gx + base + j * S, out, sizeof(out));
+            }
+          }
+        } else {
+          for (int64_t l = 0; l < lanes; ++l) {
+            for (int64_t j = 0; j < C; ++j) {
+              const acc_t v = static_cast<acc_t>(x[base + j * S + l]);
+              gx[base + j * S + l] = static_cast<scalar_t>(
+                  Aa.v[l] * scalar_exp(v - La.v[l]) - Ba.v[l] * (w == nullptr ? acc_t(1) : w[j]));
+            }
+          }
+        }
+        for (int64_t l = 0; l < lanes; ++l) {
+          if (!has_t[l]) continue;
+          const int64_t pos = n * S + s0 + l;
+          const int64_t t = tgt[pos];
+          const int64_t off = base + t * S + l;
+          gx[off] = static_cast<scalar_t>(target_value(pos, t, static_cast<acc_t>(x[off]), La.v[l]));
+        }
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// probability targets: q_j = on y_j + off, loss = A lse - B, grad_j = (g A + gl) p_j - g w_j q_j
+// ---------------------------------------------------------------------------------------------
+
+// One (possibly strided) row: m, A = sum w q, B = sum w q x. Vectorized when the row is contiguous.
+template <typename scalar_t, typename acc_t>
+inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int64_t S, const acc_t* w,
+                           SmoothCoefs<acc_t> c, acc_t& m_out, acc_t& A_out, acc_t& B_out) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  acc_t m = -std::numeric_limits<acc_t>::infinity(), A = 0, B = 0;
+  int64_t j = 0;
+  if (S == 1) {
+    const V von(c.on), voff(c.off);
+    V vm(m), vA(acc_t(0)), vB(acc_t(0));
+    for (; j + K <= C; j += K) {
+      const V v = vload<scalar_t, acc_t>(x + j);
+      V q = at::vec::fmadd(von, vload<scalar_t, acc_t>(y + j), voff);
+      if (w != nullptr) q = q * V::loadu(w + j);
+      vm = vmax(vm, v);
+      vA = vA + q;
+      vB = at::vec::fmadd(q, v, vB);
+    }
+    m = hmax(vm);
+    A = hsum(vA);
+    B = hsum(vB);
+  }
+  for (; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j * S]);
+    acc_t q = prob_q(static_cast<acc_t>(y[j * S]), c);
+    if (w != nullptr) q *= w[j];
+    m = v > m ? v : m;
+    A += q;
+    B += q * v;
+  }
+  m_out = m;
+  A_out = A;
+  B_out = B;
+}
+
+template <typename scalar_t, typename acc_t>
+inline void strided_sumexp(const scalar_t* x, int64_t C, int64_t S, acc_t m, acc_t& cnt, acc_t& rest) {
+  if (S == 1) {
+    row_sumexp<scalar_t, acc_t>(x, C, m, cnt, rest);
+    return;
+  }
+  cnt = 0;
+  rest = 0;
+  for (int64_t j = 0; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j * S]);
+    if (v == m) cnt += 1; else rest += scalar_exp(v - m);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+void prob_forward_impl(const XentArgs& a) {
+  const scalar_t* x = static_cast<const scalar_t*>(a.input);
+  const scalar_t* y = static_cast<const scalar_t*>(a.target);
+  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  acc_t* loss = static_cast<acc_t*>(a.loss);
+  acc_t* lse_out = static_cast<acc_t*>(a.lse);
+  const int64_t C = a.C, S = a.S;
+  const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
+  at::parallel_for(0, a.N * S, grain_rows(C), [&](int64_t begin, int64_t end) {
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t n = pos / S, s = pos % S;
+      const int64_t base = n * C * S + s;
+      acc_t m, A, B, cnt, rest;
+      prob_row_stats<scalar_t, acc_t>(x + base, y + base, C, S, w, c, m, A, B);
+      strided_sumexp<scalar_t, acc_t>(x + base, C, S, m, cnt, rest);
+      const acc_t lse = lse_from_parts(m, cnt, rest);
+      lse_out[pos] = lse;
+      loss[pos] = prob_row_loss(lse, A, B);
+    }
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void prob_backward_impl(const XentArgs& a) {
+  const scalar_t* x = static_cast<const scalar_t*>(a.input);
+  const scalar_t* y = static_cast<const scalar_t*>(a.target);
+  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  const acc_t* gloss = static_cast<const acc_t*>(a.grad_loss);
+  const acc_t* glse = static_cast<const acc_t*>(a.grad_lse);
+  const acc_t* lse_in = static_cast<const acc_t*>(a.lse_in);
+  scalar_t* gx = static_cast<scalar_t*>(a.grad_input);
+  const int64_t C = a.C, S = a.S;
+  const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
+  at::parallel_for(0, a.N * S, grain_rows(C), [&](int64_t begin, int64_t end) {
+    using V = Vectorized<acc_t>;
+    constexpr int64_t K = V::size();
+    for (int64_t pos = begin; pos < end; ++pos) {
+      const int64_t n = pos / S, s = pos % S;
+      const int64_t base = n * C * S + s;
+      const scalar_t* xr = x + base;
+      const scalar_t* yr = y + base;
+      scalar_t* gr = gx + base;
+      acc_t m, A, B;
+      prob_row_stats<scalar_t, acc_t>(xr, yr, C, S, w, c, m, A, B);  // A again: O(C) re-read
+      const acc_t g = gloss[pos];
+      const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
+      const acc_t P = g * A + gl, lse = lse_in[pos];
+      int64_t j = 0;
+      if (S == 1) {
+        const V vP(P), vg(g), vl(lse), von(c.on), voff(c.off);
+        for (; j + 2 * K <= C; j += 2 * K) {
+          V q0 = at::vec::fmadd(von, vload<scalar_t, acc_t>(yr + j), voff);
+          V q1 = at::vec::fmadd(von, vload<scalar_t, acc_t>(yr + j + K), voff);
+          if (w != nullptr) {
+            q0 = q0 * V::loadu(w + j);
+            q1 = q1 * V::loadu(w + j + K);
+          }
+          const V e0 = fast_exp(vload<scalar_t, acc_t>(xr + j) - vl);
+          const V e1 = fast_exp(vload<scalar_t, acc_t>(xr + j + K) - vl);
+          vstore2<scalar_t, acc_t>(gr + j, at::vec::fmsub(vP, e0, vg * q0), at::vec::fmsub(vP, e1, vg * q1));
+        }
+      }
+      for (; j < C; ++j) {
+        acc_t q = prob_q(static_cast<acc_t>(yr[j * S]), c);
+        if (w != nullptr) q *= w[j];
+        gr[j * S] = static_cast<scalar_t>(P * scalar_exp(static_cast<acc_t>(xr[j * S]) - lse) - g * q);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// dtype dispatch and the table
+// ---------------------------------------------------------------------------------------------
+
+inline int64_t index_forward(const XentArgs& a) {
+  int64_t bad = -1;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_forward", [&] {
+    bad = index_forward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+  });
+  return bad;
+}
+
+inline void index_backward(const XentArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_cross_entropy_backward", [&] {
+    index_backward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+  });
+}
+
+inline void prob_forward(const XentArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_prob_forward", [&] {
+    prob_forward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+  });
+}
+
+inline void prob_backward(const XentArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_cross_entropy_prob_backward", [&] {
+    prob_backward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+  });
+}
+
+inline KernelTable make_table(const char* name) {
+  return KernelTable{name, &index_forward, &index_backward, &prob_forward, &prob_backward};
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace smoothing_ext::cpu

@@ -1,0 +1,20 @@
+// Headers every kernel translation unit includes BEFORE it switches the instruction set: their
+// inline functions are then compiled for the baseline ISA in every copy, so the linker may pick
+// any copy. Only at::vec (namespaced per CPU_CAPABILITY) and the kernels come after the switch.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "cross_entropy_kernel.h"
