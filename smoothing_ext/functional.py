@@ -79,8 +79,8 @@ def cross_entropy(
             or class probabilities of the input's shape (floating point).
         weight: optional rescaling weight per class, shape ``(C,)``.
         ignore_index: class-index targets equal to this value contribute no loss and no gradient
-            (any integer, including a valid class or a value outside ``[0, C)``).
-            Not allowed with probability targets (as in PyTorch, where it is ignored).
+            (any integer, including a valid class or a value outside ``[0, C)``). With probability
+            targets only a negative value is accepted (and has no effect), as in PyTorch.
         reduction: ``"none"`` | ``"mean"`` | ``"sum"``. ``"mean"`` divides by the summed weights of
             the non-ignored targets (their count without ``weight``) for class indices, and by the
             number of elements for probability targets; all targets ignored gives ``nan``.
@@ -106,6 +106,11 @@ def cross_entropy(
             raise ValueError(
                 "smoothing_ext.cross_entropy: a floating-point target holds class probabilities and must "
                 f"have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+            )
+        if ignore_index >= 0:
+            raise ValueError(
+                f"smoothing_ext.cross_entropy: ignore_index={ignore_index} is not supported with "
+                "probability targets (as in PyTorch); leave it negative (the default -100)"
             )
         loss, _ = ops.cross_entropy_prob_forward(input, target, weight, label_smoothing)
     else:

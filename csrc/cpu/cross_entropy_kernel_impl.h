@@ -24,12 +24,13 @@ using at::vec::Vectorized;
 // exp. Every logit goes through exp once per pass, so its cost sets the speed once the data is
 // in cache. Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then a degree-6 polynomial for
 // exp(r) (Cephes expf coefficients) and a scale by 2^k. Measured against float64 exp over
-// [-104, 0] (tests/test_fast_exp.py): relative error below 2^-22 (about 2 ulp). Inputs below
-// -103.9 give exactly 0 (all that matters is exp(x - max) <= 1), NaN propagates.
+// [-103, 0] (tests/test_ops.py::test_fast_exp_error_bound): relative error below 2^-22 (about
+// 2 ulp) for normal results. -inf gives exactly 0 (AVX2: everything below -87.33, where results
+// would be subnormal), NaN propagates. Only arguments <= 0 occur (x - max, x - lse).
 // ---------------------------------------------------------------------------------------------
 #if defined(CPU_CAPABILITY_AVX512)
 inline Vectorized<float> fast_exp(const Vectorized<float>& xv) {
-  const __m512 lo = _mm512_set1_ps(-103.9f);
+  const __m512 lo = _mm512_set1_ps(-104.5f);  // exp(-104.5) rounds to 0 in fp32
   const __m512 hi = _mm512_set1_ps(88.37f);
   // max/min return their second operand when one is NaN: NaN stays NaN.
   __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, __m512(xv)));
