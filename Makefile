@@ -1,0 +1,53 @@
+# Two commands do all the set-up on a fresh machine:
+#   make bench   - virtual environment + pinned torch + build, then the benchmark (the main job)
+#   make test    - the same set-up, then the whole test suite
+# Variables: PYTHON (interpreter for the venv), VENV (its path), TORCH_VERSION, PYTEST_ARGS.
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.14.1
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)
+# CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
+# build itself is still checked by tests/test_cuda_build.py (sm_80 + sm_90, no GPU needed).
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(HAVE_GPU),1)
+BUILD_ENV := CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda}
+else
+BUILD_ENV := FORCE_CPU=1
+endif
+
+.PHONY: all venv build test test-fast bench bench-quick gpu-check clean
+
+all: build
+
+$(STAMP):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump
+	touch $@
+
+venv: $(STAMP)
+
+build: $(STAMP)
+	$(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation --no-deps -e .
+	$(PY) -c "import smoothing_ext, torch; print('smoothing_ext', smoothing_ext.__version__, 'torch', torch.__version__, 'CPU kernels:', torch.ops.smoothing_ext._cpu_capability())"
+
+test: build
+	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+
+test-fast: build
+	$(PY) -m pytest tests -ra -m "not slow" $(PYTEST_ARGS)
+
+bench: build
+	$(PY) -m smoothing_ext.bench $(BENCH_ARGS)
+
+bench-quick: build
+	$(PY) -m smoothing_ext.bench --quick $(BENCH_ARGS)
+
+gpu-check:
+	bash scripts/gpu_check.sh
+
+clean:
+	rm -rf build dist *.egg-info smoothing_ext/*.so smoothing_ext/_build_info.py

@@ -1,0 +1,625 @@
+"""Side-by-side benchmark: ``python -m smoothing_ext.bench``.
+
+For each workload (shape named by what users train), dtype and mode (forward, forward+backward),
+every implementation is timed in the same process: smoothing_ext, eager
+``F.cross_entropy(label_smoothing=eps)``, ``torch.compile`` of it, the seeds' two plain-PyTorch
+formulations, and Liger / apex / flash-attn on CUDA when importable. Each row reports the median
+time after warm-up, the speed-up over eager and over compiled PyTorch, the time of the memory-traffic
+floor measured in the same run (CPU: one read pass ``x.sum()``, plus for the forward ``exp(x, out=)``
+and for forward+backward ``x.sum() + x.exp()``; CUDA: a device-to-device copy), the effective
+bandwidth, the peak extra memory, and the error against a float64 reference.
+
+    python -m smoothing_ext.bench                 # default set (< 3 minutes on 2 CPU cores)
+    python -m smoothing_ext.bench --quick         # CI smoke run (< 1 minute)
+    python -m smoothing_ext.bench --workloads lm-32k --dtypes bfloat16 --modes fwdbwd --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+
+import smoothing_ext
+from smoothing_ext import _bench_impls
+from smoothing_ext._reference import reference_cross_entropy
+
+# ---------------------------------------------------------------------------------------------
+# workloads
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Workload:
+    name: str
+    shape: tuple[int, ...]  # input shape; class dim 1
+    devices: tuple[str, ...] = ("cpu", "cuda")
+
+    @property
+    def C(self) -> int:
+        return self.shape[1]
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        return (self.shape[0], *self.shape[2:])
+
+    @property
+    def rows(self) -> int:
+        return math.prod(self.target_shape)
+
+
+WORKLOADS = {
+    "cls-1k-small": Workload("cls-1k-small", (256, 1000)),
+    "cls-1k": Workload("cls-1k", (8192, 1000)),
+    "seg-21": Workload("seg-21", (8, 21, 128, 128)),
+    "lm-32k": Workload("lm-32k", (4096, 32000)),
+    "lm-128k": Workload("lm-128k", (2048, 128256), devices=("cpu",)),
+    "lm-128k-gpu": Workload("lm-128k-gpu", (8192, 128256), devices=("cuda",)),
+}
+
+# (workload, dtype, mode, weighted, implementations) of the default run; the seeds' formulations
+# only where they finish in reasonable time on 2 cores.
+ALL_IMPLS = ("smoothing_ext", "torch", "torch.compile", "seed_onehot", "seed_nll", "liger", "apex", "flash_attn")
+
+
+def default_cases(device: str, quick: bool) -> list[tuple[str, str, str, bool]]:
+    if quick:
+        return [
+            ("cls-1k-small", "float32", "fwdbwd", False),
+            ("cls-1k", "float32", "fwd", False),
+            ("cls-1k", "float32", "fwdbwd", True),
+            ("seg-21", "float32", "fwdbwd", False),
+        ]
+    if device == "cuda":
+        cases = []
+        for wl in ("cls-1k", "seg-21", "lm-32k", "lm-128k-gpu"):
+            for dt in ("float32", "bfloat16", "float16"):
+                for mode in ("fwd", "fwdbwd"):
+                    cases.append((wl, dt, mode, False))
+        cases += [("lm-128k-gpu", "bfloat16", "fwdbwd", True), ("cls-1k", "float32", "fwdbwd", True)]
+        return cases
+    return [
+        ("cls-1k-small", "float32", "fwdbwd", False),
+        ("cls-1k", "float32", "fwd", False),
+        ("cls-1k", "float32", "fwdbwd", False),
+        ("cls-1k", "float32", "fwdbwd", True),
+        ("seg-21", "float32", "fwdbwd", False),
+        ("lm-32k", "float32", "fwd", False),
+        ("lm-32k", "float32", "fwdbwd", False),
+        ("lm-32k", "bfloat16", "fwd", False),
+        ("lm-32k", "bfloat16", "fwdbwd", False),
+        ("lm-32k", "float32", "fwdbwd", True),
+        ("lm-128k", "bfloat16", "fwdbwd", False),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# measurement
+# ---------------------------------------------------------------------------------------------
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable[[], object], device: str, min_reps: int, budget_s: float, max_reps: int = 50) -> float:
+    """Median wall time of fn() in seconds, after one warm-up call."""
+    fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < min_reps or (time.perf_counter() - start < budget_s and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class _RssSampler:
+    """Peak resident set size of this process while active, sampled every ~0.2 ms from /proc
+    (torch ops release the GIL, so the sampler runs while a kernel runs)."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self.peak = 0
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self._page
+
+    def __enter__(self) -> "_RssSampler":
+        self.base = self._rss()
+        self.peak = self.base
+
+        def run():
+            while not self._stop.is_set():
+                self.peak = max(self.peak, self._rss())
+                time.sleep(0.0002)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def prepare_cpu_memory_measurement() -> bool:
+    """Make freed buffers leave the process at once, so that RSS peaks measure allocations:
+    glibc otherwise keeps (and reuses) freed chunks below a self-raising mmap threshold. Called
+    after all timings, because it would change the timing of allocation-heavy implementations."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        libc.mallopt(M_MMAP_THRESHOLD, 64 * 1024)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 * 1024)
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def peak_extra_bytes(fn: Callable[[], object], device: str) -> Optional[int]:
+    """Peak memory allocated by one call beyond what was allocated before it (CUDA: the caching
+    allocator's max_memory_allocated; CPU: sampled process RSS, Linux/glibc only)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    if not os.path.exists("/proc/self/statm"):
+        return None
+    fn()  # warm (lazy initialisations are not the call's memory)
+    with _RssSampler() as s:
+        fn()
+    return s.peak - s.base
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    workload: str
+    shape: str
+    dtype: str
+    mode: str
+    weighted: bool
+    impl: str
+    device: str
+    time_ms: Optional[float] = None
+    speedup_vs_torch: Optional[float] = None
+    speedup_vs_compile: Optional[float] = None
+    floor_ms: Optional[float] = None
+    pct_of_floor: Optional[float] = None
+    gbps: Optional[float] = None
+    peak_extra_mb: Optional[float] = None
+    max_err: Optional[float] = None
+    note: str = ""
+
+
+def _compiled(eps: float):
+    def f(x, t, w):
+        return F.cross_entropy(x, t, weight=w, label_smoothing=eps)
+
+    return torch.compile(f, dynamic=False)
+
+
+def _make_runner(fn, x, t, w, eps, mode):
+    if mode == "fwd":
+
+        def run():
+            with torch.no_grad():
+                return fn(x, t, w, eps)
+
+    else:
+
+        def run():
+            xx = x.detach().requires_grad_()
+            loss = fn(xx, t, w, eps)
+            (g,) = torch.autograd.grad(loss, xx)
+            return g
+
+    return run
+
+
+def _error(fn, x, t, w, eps, mode, rows: int) -> float:
+    """Max abs error against the float64 reference on the first `rows` rows (loss, and gradient
+    for fwdbwd). The implementations return the mean over these rows."""
+    xs, ts = x[:rows], t[:rows]
+    xr = xs.detach().double().requires_grad_()
+    ref = reference_cross_entropy(xr, ts, weight=None if w is None else w.double(), label_smoothing=eps)
+    xx = xs.detach().clone().requires_grad_(mode == "fwdbwd")
+    with torch.enable_grad() if mode == "fwdbwd" else torch.no_grad():
+        out = fn(xx, ts, w, eps)
+    err = (out.double() - ref).abs().item()
+    if mode == "fwdbwd":
+        (g,) = torch.autograd.grad(out, xx)
+        (gr,) = torch.autograd.grad(ref, xr)
+        # the gradient of a mean is ~1/rows: report it relative to its largest entry
+        err = max(err, ((g.double() - gr).abs().max() / gr.abs().max()).item())
+    return err
+
+
+def floors(x: torch.Tensor, device: str, budget: float) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if device == "cuda":
+        y = torch.empty_like(x)
+        out["copy"] = time_fn(lambda: y.copy_(x), device, 5, budget)
+        out["fwd"] = out["copy"] / 2  # one read of x (a copy reads and writes)
+        out["fwdbwd"] = out["copy"] * 1.5  # read for the forward, read + write for the backward
+        del y
+        return out
+    buf = torch.empty_like(x)
+    out["read"] = time_fn(lambda: x.sum(), device, 3, budget)
+    out["fwd"] = time_fn(lambda: torch.exp(x, out=buf), device, 3, budget)
+    del buf
+    out["fwdbwd"] = time_fn(lambda: (x.sum(), x.exp()), device, 3, budget)
+    return out
+
+
+def run_case(
+    wl: Workload,
+    dtype: torch.dtype,
+    mode: str,
+    weighted: bool,
+    impl_names: Iterable[str],
+    device: str,
+    eps: float,
+    budget: float,
+    err_rows: int,
+    compiled_cache: dict,
+    floor_cache: dict,
+) -> list[Row]:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(wl.shape, generator=gen, dtype=torch.float32).mul_(2.0).to(dtype).to(device)
+    t = torch.randint(0, wl.C, wl.target_shape, generator=gen).to(device)
+    w = (torch.rand(wl.C, generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+    key = (wl.name, str(dtype), device)
+    if key not in floor_cache:
+        floor_cache[key] = floors(x, device, budget)
+    fl = floor_cache[key]
+    nbytes = x.numel() * x.element_size()
+    passes = 1 if mode == "fwd" else 3  # ideal traffic: R (fwd), R + R + W (fwd + bwd)
+
+    available = _bench_impls.available(device)
+    rows: list[Row] = []
+    for name in impl_names:
+        row = Row(wl.name, "x".join(map(str, wl.shape)), str(dtype).replace("torch.", ""), mode, weighted, name, device)
+        if name == "torch.compile":
+            ckey = (eps,)
+            if ckey not in compiled_cache:
+                compiled_cache[ckey] = _compiled(eps)
+            cf = compiled_cache[ckey]
+            fn = lambda x, t, w, eps, cf=cf: cf(x, t, w)  # noqa: E731
+        elif name in available:
+            fn = available[name]
+        else:
+            row.note = "not installed" if name in ("liger", "apex", "flash_attn") else "n/a"
+            rows.append(row)
+            continue
+        if weighted and name in ("seed_onehot", "seed_nll"):
+            row.note = "no class weights"
+            rows.append(row)
+            continue
+        try:
+            runner = _make_runner(fn, x, t, w, eps, mode)
+            row.time_ms = time_fn(runner, device, 3, budget) * 1e3
+            row.max_err = _error(fn, x, t, w, eps, mode, min(err_rows, wl.shape[0]))
+            row.floor_ms = fl[mode] * 1e3
+            row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
+            row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
+        except Exception as e:  # an implementation that cannot run this case is reported, not fatal
+            row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+        rows.append(row)
+    by = {r.impl: r for r in rows}
+    for r in rows:
+        if r.time_ms is None:
+            continue
+        if by.get("torch") and by["torch"].time_ms:
+            r.speedup_vs_torch = by["torch"].time_ms / r.time_ms
+        if by.get("torch.compile") and by["torch.compile"].time_ms:
+            r.speedup_vs_compile = by["torch.compile"].time_ms / r.time_ms
+    del x, t, w
+    return rows
+
+
+def measure_memory(rows: list[Row], device: str, eps: float, compiled_cache: dict) -> None:
+    """Second pass, after every timing: peak extra memory of one call of each implementation that
+    ran, beyond the inputs and (fwdbwd) the returned gradient, which every implementation must
+    allocate."""
+    if device == "cpu" and not prepare_cpu_memory_measurement():
+        return
+    cases: dict[tuple, list[Row]] = {}
+    for r in rows:
+        if r.time_ms is not None:
+            cases.setdefault((r.workload, r.dtype, r.mode, r.weighted), []).append(r)
+    available = _bench_impls.available(device)
+    for (wl_name, dt, mode, weighted), case_rows in cases.items():
+        wl = WORKLOADS[wl_name]
+        dtype = getattr(torch, dt)
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(wl.shape, generator=gen, dtype=torch.float32).mul_(2.0).to(dtype).to(device)
+        t = torch.randint(0, wl.C, wl.target_shape, generator=gen).to(device)
+        w = (torch.rand(wl.C, generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+        grad_bytes = x.numel() * x.element_size() if mode == "fwdbwd" else 0
+        for r in case_rows:
+            if r.impl == "torch.compile":
+                cf = compiled_cache[(eps,)]
+                fn = lambda x, t, w, eps, cf=cf: cf(x, t, w)  # noqa: E731
+            else:
+                fn = available[r.impl]
+            extra = peak_extra_bytes(_make_runner(fn, x, t, w, eps, mode), device)
+            if extra is not None:
+                r.peak_extra_mb = max(0, extra - grad_bytes) / 2**20
+        del x, t, w
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+# ---------------------------------------------------------------------------------------------
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown_summary(rows: list[Row]) -> str:
+    """One line per case: smoothing_ext against eager and compiled PyTorch and the floor."""
+    cases: dict[tuple, dict[str, Row]] = {}
+    for r in rows:
+        cases.setdefault((r.device, r.workload, r.shape, r.dtype, r.mode, r.weighted), {})[r.impl] = r
+    lines = [
+        "| device | workload | shape | dtype | mode | weight | smoothing_ext ms | torch ms | torch.compile ms "
+        "| vs torch | vs compile | floor ms | floor / ours | peak extra MB (ours / torch / compile) |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for (dev, wl, shape, dt, mode, weighted), by in cases.items():
+        o, e, c = by.get("smoothing_ext"), by.get("torch"), by.get("torch.compile")
+        mem = " / ".join(_fmt(r.peak_extra_mb if r else None, ".0f") for r in (o, e, c))
+        lines.append(
+            f"| {dev} | {wl} | {shape} | {dt} | {mode} | {'yes' if weighted else 'no'} "
+            f"| {_fmt(o and o.time_ms, '.2f')} | {_fmt(e and e.time_ms, '.2f')} | {_fmt(c and c.time_ms, '.2f')} "
+            f"| {_fmt(o and o.speedup_vs_torch, '.2f')}x | {_fmt(o and o.speedup_vs_compile, '.2f')}x "
+            f"| {_fmt(o and o.floor_ms, '.2f')} | {_fmt(o and o.pct_of_floor, '.0f')}% | {mem} |"
+        )
+    return "\n".join(lines)
+
+
+def markdown_detail(rows: list[Row]) -> str:
+    lines = [
+        "| device | workload | dtype | mode | weight | impl | ms | vs torch | vs compile | GB/s | % of floor "
+        "| peak extra MB | max err | note |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r.device} | {r.workload} | {r.dtype} | {r.mode} | {'yes' if r.weighted else 'no'} | {r.impl} "
+            f"| {_fmt(r.time_ms, '.2f')} | {_fmt(r.speedup_vs_torch, '.2f')} | {_fmt(r.speedup_vs_compile, '.2f')} "
+            f"| {_fmt(r.gbps, '.1f')} | {_fmt(r.pct_of_floor, '.0f')} | {_fmt(r.peak_extra_mb, '.0f')} "
+            f"| {_fmt(r.max_err, '.1e')} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def machine_info(device: str) -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {
+        "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "smoothing_ext": smoothing_ext.__version__,
+        "cpu_kernels": torch.ops.smoothing_ext._cpu_capability(),
+        "python": platform.python_version(),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name()
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def plot(rows: list[Row], path: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot: matplotlib is not installed (pip install smoothing_ext[plot]); no plot written", file=sys.stderr)
+        return False
+    ours = [r for r in rows if r.impl == "smoothing_ext" and r.time_ms is not None]
+    labels = [f"{r.workload}\n{r.dtype} {r.mode}{' w' if r.weighted else ''}" for r in ours]
+    vs_t = [r.speedup_vs_torch or 0 for r in ours]
+    vs_c = [r.speedup_vs_compile or 0 for r in ours]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ours) + 2), 4.5))
+    xs = range(len(ours))
+    ax.bar([i - 0.2 for i in xs], vs_t, width=0.4, label="vs torch (eager)")
+    ax.bar([i + 0.2 for i in xs], vs_c, width=0.4, label="vs torch.compile")
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=7)
+    ax.set_ylabel("speed-up of smoothing_ext (x)")
+    ax.set_title("smoothing_ext label-smoothed cross entropy, eps = 0.1")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------------------------
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm  # type: ignore
+
+        return tqdm(total=total, file=sys.stderr, desc="bench", leave=False)
+    except ImportError:
+
+        class _Plain:
+            def __init__(self):
+                self.n = 0
+
+            def update(self, k=1):
+                self.n += k
+                print(f"[bench] {self.n}/{total}", file=sys.stderr, flush=True)
+
+            def set_postfix_str(self, s):
+                print(f"[bench] {s}", file=sys.stderr, flush=True)
+
+            def close(self):
+                pass
+
+        return _Plain()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m smoothing_ext.bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small CI run (< 1 minute)")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
+    p.add_argument("--workloads", default=None, help=f"comma list of {','.join(WORKLOADS)} (default: a curated set)")
+    p.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16,float16,float64")
+    p.add_argument("--modes", default=None, help="comma list of fwd,fwdbwd")
+    p.add_argument("--weight", default=None, choices=["no", "yes", "both"], help="class weights")
+    p.add_argument("--impls", default=None, help=f"comma list of {','.join(ALL_IMPLS)} (default: all available)")
+    p.add_argument("--eps", type=float, default=0.1, help="label smoothing (default 0.1)")
+    p.add_argument("--budget", type=float, default=None, help="seconds of repeats per measurement")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory pass")
+    p.add_argument("--json", default=None, help="write rows and machine info as JSON")
+    p.add_argument("--csv", default=None, help="write rows as CSV")
+    p.add_argument("--markdown", default=None, help="also write the tables to this file")
+    p.add_argument("--plot", default=None, help="write a speed-up bar chart PNG (needs matplotlib)")
+    args = p.parse_args(argv)
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda but no GPU is available")
+    budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.0)
+    try:
+        import torch._dynamo as dynamo
+
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+        if hasattr(dynamo.config, "recompile_limit"):
+            dynamo.config.recompile_limit = max(dynamo.config.recompile_limit, 64)
+    except Exception:
+        pass
+
+    if args.workloads or args.dtypes or args.modes or args.weight:
+        wls = (args.workloads or "cls-1k,lm-32k").split(",")
+        dts = (args.dtypes or "float32").split(",")
+        modes = (args.modes or "fwd,fwdbwd").split(",")
+        weights = {"no": [False], "yes": [True], "both": [False, True]}[args.weight or "no"]
+        cases = [(a, b, c, d) for a in wls for b in dts for c in modes for d in weights]
+    else:
+        cases = default_cases(device, args.quick)
+    for wl, dt, mode, _ in cases:
+        if wl not in WORKLOADS:
+            p.error(f"unknown workload {wl!r}; choose from {', '.join(WORKLOADS)}")
+        if mode not in ("fwd", "fwdbwd"):
+            p.error(f"unknown mode {mode!r}; choose fwd or fwdbwd")
+        if not isinstance(getattr(torch, dt, None), torch.dtype):
+            p.error(f"unknown dtype {dt!r}")
+    cases = [c for c in cases if device in WORKLOADS[c[0]].devices]
+    impls = args.impls.split(",") if args.impls else list(ALL_IMPLS)
+    if device == "cpu":
+        impls = [i for i in impls if i not in ("liger", "apex", "flash_attn")]
+    if args.quick and not args.impls:
+        impls = [i for i in impls if i not in ("seed_onehot", "seed_nll")]
+
+    compile_ok = "torch.compile" in impls
+    info = machine_info(device)
+    print(f"# smoothing_ext benchmark — {info['date']}, {info['cpu']} ({info['cores']} cores, "
+          f"{info['torch_threads']} torch threads), torch {info['torch']}, CPU kernels: {info['cpu_kernels']}"
+          + (f", GPU {info['gpu']} (CUDA {info['cuda']})" if device == "cuda" else ""))
+    print(f"label_smoothing = {args.eps}; median of repeats after warm-up; floor = "
+          + ("a device copy: fwd = half a copy (one read), fwdbwd = 1.5 copies (R + R + W)"
+             if device == "cuda" else "fwd: exp(x, out=buf) (one read + all the exps); fwdbwd: x.sum() + x.exp() (read, then read + exp + write of a fresh tensor)"))
+    print()
+
+    rows: list[Row] = []
+    compiled_cache: dict = {}
+    floor_cache: dict = {}
+    bar = _progress(len(cases))
+    t_start = time.perf_counter()
+    for wl, dt, mode, weighted in cases:
+        bar.set_postfix_str(f"{wl} {dt} {mode}{' weighted' if weighted else ''}")
+        rows += run_case(
+            WORKLOADS[wl], getattr(torch, dt), mode, weighted, impls, device, args.eps, budget,
+            err_rows=64, compiled_cache=compiled_cache, floor_cache=floor_cache,
+        )
+        bar.update(1)
+    bar.close()
+    if not args.no_memory:
+        print("measuring memory ...", file=sys.stderr, flush=True)
+        measure_memory(rows, device, args.eps, compiled_cache)
+    if compile_ok and all(r.time_ms is None for r in rows if r.impl == "torch.compile"):
+        print("note: torch.compile did not work on this machine; its columns are empty\n")
+
+    summary = markdown_summary(rows)
+    detail = markdown_detail(rows)
+    print("## smoothing_ext vs PyTorch\n")
+    print(summary)
+    print("\n## All implementations\n")
+    print(detail)
+    print(f"\n(total {time.perf_counter() - t_start:.0f} s; peak extra memory: "
+          + ("CUDA max_memory_allocated above the inputs" if device == "cuda" else
+             "process RSS sampled every 0.2 ms above the inputs, minus the returned gradient for fwdbwd, "
+             "measured after the timings with glibc's mmap threshold lowered so freed memory is returned")
+          + ")")
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"{json.dumps(info)}\n\n{summary}\n\n{detail}\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": info, "eps": args.eps, "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+    if args.csv:
+        import csv
+
+        with open(args.csv, "w", newline="") as f:
+            wr = csv.DictWriter(f, fieldnames=[fld.name for fld in dataclasses.fields(Row)])
+            wr.writeheader()
+            for r in rows:
+                wr.writerow(dataclasses.asdict(r))
+    if args.plot:
+        plot(rows, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
