@@ -1,0 +1,239 @@
+// CUDA host functions of the four smoothing_ext ops: argument checks (shared with the CPU path
+// through xent_checks.h, so the exceptions are identical), device guard, the current stream,
+// dtype dispatch and the launches of the kernels in cross_entropy_kernels.cuh.
+//
+// Out-of-range class indices (a target neither in [0, C) nor equal to ignore_index)
+// ---------------------------------------------------------------------------------
+// The CPU path raises IndexError. On CUDA that would need the host to read a device flag after
+// every forward, i.e. a stream synchronisation in the middle of every training step (and a special
+// case under CUDA-graph capture). We chose instead: NO synchronisation and NO device-side assert
+// (an assert poisons the CUDA context for the rest of the process). Such a row gets loss = NaN (its
+// lse is still the row's log-sum-exp), and the backward writes NaN over that row's gradient. Any
+// reduction (mean/sum) of the loss is then NaN, which GradScaler / anomaly checks / loss logging
+// surface immediately; `torch.isnan(loss_per_row)` (reduction="none") locates the offending rows.
+//
+// Everything else follows the CPU path: index targets are converted to contiguous int64 and the
+// weight to the accumulation dtype; sum_j w_j is computed on the device in float64 (as the CPU path
+// does) and read by the kernels from device memory, so there is no .item(). Nothing here
+// synchronises with the host, so the ops can be captured in CUDA graphs.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <atomic>
+#include <type_traits>
+
+#include <smoothing_ext/xent_math.h>
+
+#include "cross_entropy_kernels.cuh"
+#include "xent_checks.h"
+
+namespace smoothing_ext::cuda {
+
+namespace {
+
+// ATen's element types -> the CUDA types the kernels are written for (same layout).
+template <typename T>
+struct KernelType {
+  using type = T;
+};
+template <>
+struct KernelType<at::Half> {
+  using type = __half;
+};
+template <>
+struct KernelType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+int num_sms(int device) {
+  static std::atomic<int> cache[64];
+  if (device >= 0 && device < 64) {
+    const int v = cache[device].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (sms < 1) sms = 1;
+  if (device >= 0 && device < 64) cache[device].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+at::Tensor workspace(size_t bytes, const at::Tensor& like) {
+  // From the caching allocator on the current stream; at least 1 byte so the pointer is valid.
+  return at::empty({static_cast<int64_t>(bytes > 0 ? bytes : 1)}, like.options().dtype(at::kByte));
+}
+
+struct Common {
+  at::Tensor x, w, wsum;
+};
+
+Common common(const at::Tensor& input, const std::optional<at::Tensor>& weight, at::ScalarType acc) {
+  Common c;
+  c.x = input.contiguous();
+  c.w = weight_as_acc(weight, acc);
+  if (c.w.defined()) c.wsum = c.w.sum(at::kDouble);  // stays on the device
+  return c;
+}
+
+template <typename scalar_t, typename acc_t>
+XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, double eps) {
+  XentParams<scalar_t, acc_t> p{};
+  p.x = reinterpret_cast<const scalar_t*>(c.x.const_data_ptr());
+  p.weight = c.w.defined() ? c.w.const_data_ptr<acc_t>() : nullptr;
+  p.weight_sum = c.w.defined() ? c.wsum.const_data_ptr<double>() : nullptr;
+  p.N = sh.N;
+  p.C = sh.C;
+  p.S = sh.S;
+  const auto coefs = uniform_coefs<acc_t>(eps, sh.C);
+  p.on = coefs.on;
+  p.off = coefs.off;
+  return p;
+}
+
+#define SMOOTHING_DISPATCH(dtype, name, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, name, __VA_ARGS__)
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& input, const at::Tensor& target,
+                                                              const std::optional<at::Tensor>& weight,
+                                                              int64_t ignore_index, double label_smoothing) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (loss.numel() == 0) return {loss, lse};
+  const Common c = common(input, weight, acc);
+  const at::Tensor t = index_target_as_int64(target);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(input.get_device());
+  SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_forward (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    p.target = t.const_data_ptr<int64_t>();
+    p.ignore_index = ignore_index;
+    p.loss = loss.mutable_data_ptr<acc_t>();
+    p.lse = lse.mutable_data_ptr<acc_t>();
+    const size_t ws_bytes = forward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
+    launch_index_forward<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                       const at::Tensor& input, const at::Tensor& target,
+                                       const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                       int64_t ignore_index, double label_smoothing) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor grad = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad.numel() == 0) return grad;
+  const auto acc = acc_dtype(input.scalar_type());
+  const Common c = common(input, weight, acc);
+  const at::Tensor t = index_target_as_int64(target);
+  const at::Tensor g = grad_as_acc(grad_loss, acc);
+  const bool has_gl = grad_lse.has_value() && grad_lse->defined();
+  const at::Tensor gl = has_gl ? grad_as_acc(*grad_lse, acc) : at::Tensor();
+  const at::Tensor l = grad_as_acc(lse, acc);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(input.get_device());
+  SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_backward (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    p.target = t.const_data_ptr<int64_t>();
+    p.ignore_index = ignore_index;
+    p.grad_loss = g.const_data_ptr<acc_t>();
+    p.grad_lse = has_gl ? gl.const_data_ptr<acc_t>() : nullptr;
+    p.lse_in = l.const_data_ptr<acc_t>();
+    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
+    launch_index_backward<kt, acc_t>(p, sms, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cuda(const at::Tensor& input, const at::Tensor& target,
+                                                                   const std::optional<at::Tensor>& weight,
+                                                                   double label_smoothing) {
+  const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (loss.numel() == 0) return {loss, lse};
+  const Common c = common(input, weight, acc);
+  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(input.get_device());
+  SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_prob_forward (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
+    p.loss = loss.mutable_data_ptr<acc_t>();
+    p.lse = lse.mutable_data_ptr<acc_t>();
+    const size_t ws_bytes = forward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
+    launch_prob_forward<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, lse};
+}
+
+at::Tensor cross_entropy_prob_backward_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                                            const at::Tensor& input, const at::Tensor& target,
+                                            const std::optional<at::Tensor>& weight, const at::Tensor& lse,
+                                            double label_smoothing) {
+  const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor grad = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  if (grad.numel() == 0) return grad;
+  const auto acc = acc_dtype(input.scalar_type());
+  const Common c = common(input, weight, acc);
+  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const at::Tensor g = grad_as_acc(grad_loss, acc);
+  const bool has_gl = grad_lse.has_value() && grad_lse->defined();
+  const at::Tensor gl = has_gl ? grad_as_acc(*grad_lse, acc) : at::Tensor();
+  const at::Tensor l = grad_as_acc(lse, acc);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(input.get_device());
+  SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_prob_backward (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
+    p.grad_loss = g.const_data_ptr<acc_t>();
+    p.grad_lse = has_gl ? gl.const_data_ptr<acc_t>() : nullptr;
+    p.lse_in = l.const_data_ptr<acc_t>();
+    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
+    const size_t ws_bytes = prob_backward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    at::Tensor ws = workspace(ws_bytes, input);
+    launch_prob_backward<kt, acc_t>(p, sms, ws.mutable_data_ptr(), stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad;
+}
+
+}  // namespace smoothing_ext::cuda
+
+TORCH_LIBRARY_IMPL(smoothing_ext, CUDA, m) {
+  m.impl("cross_entropy_forward", &smoothing_ext::cuda::cross_entropy_forward_cuda);
+  m.impl("_cross_entropy_backward", &smoothing_ext::cuda::cross_entropy_backward_cuda);
+  m.impl("cross_entropy_prob_forward", &smoothing_ext::cuda::cross_entropy_prob_forward_cuda);
+  m.impl("_cross_entropy_prob_backward", &smoothing_ext::cuda::cross_entropy_prob_backward_cuda);
+}

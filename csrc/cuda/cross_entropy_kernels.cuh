@@ -1,0 +1,840 @@
+// CUDA kernels of label-smoothed cross entropy (forward and backward, class-index and probability
+// targets). Torch-free: raw pointers and sizes only, so that the same header compiles under nvcc
+// (csrc/cuda/cross_entropy_cuda.cu) and under g++ with ../shared/simt (tests/simt/), which runs these
+// exact kernels on the CPU. The per-row formulas come from <smoothing_ext/xent_math.h>, shared with
+// the CPU kernels; the formulas themselves are stated once, in csrc/smoothing_ext.cpp.
+//
+// Layout: input viewed as (N, C, S), contiguous. A "row" is one (n, s) position: C logits at stride S.
+//
+// Traffic: forward reads the logits once (online max / count-of-max / sum-exp, sum_j w_j x_j and, for
+// probability targets, sum_j w_j q_j and sum_j w_j q_j x_j, all in the same pass; x_t is one extra
+// scalar load per row). Index backward reads the logits once and writes the gradient once.
+// Probability backward reads the targets twice (a reduction pass for A = sum_j w_j q_j, which the op
+// schema does not carry from the forward, then the elementwise pass) and the logits once.
+//
+// Work decomposition (see plan_rows):
+//   S == 1, C small      groups of 8 lanes per row (C <= 64) or one warp per row (C <= 2048)
+//   S == 1, C large      one block per row; when rows are few (fewer than ~4 blocks per SM) each row is
+//                        split into chunks, one block per chunk, and the forward writes per-chunk
+//                        partial statistics that a second small kernel combines in a fixed order
+//                        (deterministic: no float atomics anywhere)
+//   S > 1                blocks of (32, 8) threads: threadIdx.x runs across 32 consecutive positions s
+//                        (coalesced), threadIdx.y across 8 interleaved slices of the classes; the 8
+//                        partial statistics are merged in shared memory in a fixed order. No transpose.
+// Contiguous rows are read with 16-byte vector loads: a scalar prologue up to the first 16-byte
+// boundary of the segment (a row of C = 1023 bf16 starts misaligned every other row), then aligned
+// 16-byte loads (4 per thread in flight), then a scalar tail. Stores of the gradient are 16-byte too
+// when the gradient's row has the same alignment as the input's (always, unless the input is a view
+// with an odd storage offset).
+//
+// Numerics: accumulation in float (double for double input). The row sum of exponentials keeps the
+// entries equal to the row maximum out of the sum ("count of max" + "rest", see lse_from_parts), the
+// same scheme as the CPU kernels, so that 1 - p_t survives a confident prediction; the online
+// rescaling moves earlier maxima into "rest" only when a strictly larger maximum appears, so every
+// entry equal to the final maximum is counted exactly. The target-class gradient is evaluated in the
+// accumulation type with expm1 (index_target_grad) before rounding to the input dtype.
+//
+// Out-of-range class indices (neither in [0, C) nor ignore_index): the forward writes NaN for that
+// row's loss (its lse is still computed), and the backward writes NaN over that row's gradient. No
+// device-side assert (it would poison the CUDA context) and no host synchronisation.
+//
+// Offsets are int64 everywhere (N * C passes 2^31 at 32k tokens x 128k classes).
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <math_constants.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include <smoothing_ext/xent_math.h>
+
+#if defined(__CUDACC__) || defined(SIMT_CPU)
+
+// kernel<<<grid, block, smem, stream>>>(args...), or the simt equivalent. `kernel` must be a plain
+// name (bind template instances to a function pointer first).
+#if defined(SIMT_CPU)
+#define SMOOTHING_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  SIMT_LAUNCH(kernel, grid, block, smem, stream, __VA_ARGS__)
+#else
+#define SMOOTHING_LAUNCH(kernel, grid, block, smem, stream, ...) \
+  kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
+namespace smoothing_ext {
+namespace cuda {
+
+// ------------------------------------------------------------------------------------------------
+// parameters
+// ------------------------------------------------------------------------------------------------
+
+enum : int { kModeIndex = 0, kModeProb = 1, kModeProbA = 2 };
+
+template <typename scalar_t, typename acc_t>
+struct XentParams {
+  const scalar_t* x;         // logits (N, C, S), contiguous
+  const int64_t* target;     // index targets (N, S), int64; nullptr for probability targets
+  const scalar_t* y;         // probability targets (N, C, S) in the input dtype; nullptr for index
+  const acc_t* weight;       // (C,) in acc dtype, or nullptr
+  const double* weight_sum;  // device scalar sum_j w_j (double, as the CPU path), nullptr: W = C
+  int64_t N, C, S;
+  int64_t ignore_index;
+  acc_t on, off;             // q_j = on [j == t] + off (index) or on y_j + off (probability)
+  // forward outputs (N * S, acc dtype)
+  acc_t* loss;
+  acc_t* lse;
+  // backward inputs (N * S, acc dtype; grad_lse may be nullptr) and output (input dtype)
+  const acc_t* grad_loss;
+  const acc_t* grad_lse;
+  const acc_t* lse_in;
+  scalar_t* grad_input;
+  // probability backward: per-row A = sum_j w_j q_j (workspace, N * S)
+  acc_t* row_a;
+};
+
+// ------------------------------------------------------------------------------------------------
+// scalar helpers
+// ------------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename scalar_t>
+struct FromAcc;
+template <>
+struct FromAcc<float> {
+  static __device__ __forceinline__ float cvt(float v) { return v; }
+};
+template <>
+struct FromAcc<double> {
+  static __device__ __forceinline__ double cvt(double v) { return v; }
+};
+template <>
+struct FromAcc<__half> {
+  static __device__ __forceinline__ __half cvt(float v) { return __float2half_rn(v); }
+};
+template <>
+struct FromAcc<__nv_bfloat16> {
+  static __device__ __forceinline__ __nv_bfloat16 cvt(float v) { return __float2bfloat16_rn(v); }
+};
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t neg_inf();
+template <>
+__device__ __forceinline__ float neg_inf<float>() { return -CUDART_INF_F; }
+template <>
+__device__ __forceinline__ double neg_inf<double>() { return -CUDART_INF; }
+template <typename acc_t>
+__device__ __forceinline__ acc_t quiet_nan();
+template <>
+__device__ __forceinline__ float quiet_nan<float>() { return CUDART_NAN_F; }
+template <>
+__device__ __forceinline__ double quiet_nan<double>() { return CUDART_NAN; }
+
+// exp(d) for d = x - m <= 0 (or x - lse), once per element and pass. float: exp2f of d * log2(e)
+// (MUFU.EX2 plus denormal handling, ~2 ulp) instead of the longer accurate expf sequence, so that the
+// bf16 forward stays memory-bound; d is formed first, so d is exact near the maximum and the
+// relative error of the product only matters for tiny terms. -inf -> 0, NaN -> NaN. double: exp.
+// The per-row formulas (lse, loss, target-class gradient) keep xent_math.h's se_exp / expm1 / log1p.
+__device__ __forceinline__ float elem_exp(float d) { return exp2f(d * 1.44269504088896340736f); }
+__device__ __forceinline__ double elem_exp(double d) { return se_exp(d); }
+
+// 16 bytes of input elements, loaded and stored as one vector.
+template <typename scalar_t>
+struct __align__(16) Pack {
+  static constexpr int kN = 16 / static_cast<int>(sizeof(scalar_t));
+  scalar_t v[kN];
+};
+
+// (strided kernels: minBlocksPerSM 4, or 2 for double, keeps ptxas from trading spills for occupancy)
+// 16-byte loads in flight per thread in the row kernels. double: 2, which keeps the block kernels
+// under 64 registers (2 blocks of 512 threads per SM) without spills.
+template <typename scalar_t>
+constexpr int kUnroll = sizeof(scalar_t) == 8 ? 2 : 4;
+
+template <typename scalar_t>
+__device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p) {
+  return *reinterpret_cast<const Pack<scalar_t>*>(p);
+}
+
+// ------------------------------------------------------------------------------------------------
+// per-row statistics and their (associative, commutative) merge
+// ------------------------------------------------------------------------------------------------
+
+// m: running maximum; cnt: entries equal to m; rest: sum of exp(x_j - m) over the others;
+// a, b: index: a = sum_j w_j x_j; probability: a = sum_j w_j q_j, b = sum_j w_j q_j x_j.
+template <typename acc_t>
+struct RowStats {
+  acc_t m, cnt, rest, a, b;
+};
+
+template <typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> stats_empty() {
+  RowStats<acc_t> s;
+  s.m = neg_inf<acc_t>();
+  s.cnt = acc_t(0);
+  s.rest = acc_t(0);
+  s.a = acc_t(0);
+  s.b = acc_t(0);
+  return s;
+}
+
+// Raises the running maximum to v (if larger): the entries counted at the old maximum and the
+// rest are rescaled into `rest`. NaN never becomes the maximum (the comparison is false); it
+// reaches `rest` through exp and propagates from there.
+template <typename acc_t>
+__device__ __forceinline__ void stats_raise_max(RowStats<acc_t>& s, acc_t v) {
+  if (v > s.m) {
+    const acc_t f = elem_exp(s.m - v);  // exp(-inf) = 0 for the empty state
+    s.rest = (s.rest + s.cnt) * f;
+    s.cnt = acc_t(0);
+    s.m = v;
+  }
+}
+
+// Adds one logit that is <= s.m (after stats_raise_max).
+template <typename acc_t>
+__device__ __forceinline__ void stats_add_exp(RowStats<acc_t>& s, acc_t v) {
+  const bool eq = (v == s.m);
+  const acc_t e = elem_exp(v - s.m);
+  s.cnt += eq ? acc_t(1) : acc_t(0);
+  s.rest += eq ? acc_t(0) : e;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> stats_merge(const RowStats<acc_t>& x, const RowStats<acc_t>& y) {
+  RowStats<acc_t> r;
+  r.a = x.a + y.a;
+  r.b = x.b + y.b;
+  if (x.m == y.m) {
+    r.m = x.m;
+    r.cnt = x.cnt + y.cnt;
+    r.rest = x.rest + y.rest;
+  } else if (x.m > y.m) {
+    r.m = x.m;
+    r.cnt = x.cnt;
+    r.rest = x.rest + (y.rest + y.cnt) * elem_exp(y.m - x.m);
+  } else {
+    r.m = y.m;
+    r.cnt = y.cnt;
+    r.rest = y.rest + (x.rest + x.cnt) * elem_exp(x.m - y.m);
+  }
+  return r;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> stats_shfl_xor(const RowStats<acc_t>& s, int off) {
+  RowStats<acc_t> o;
+  o.m = __shfl_xor_sync(0xffffffffu, s.m, off);
+  o.cnt = __shfl_xor_sync(0xffffffffu, s.cnt, off);
+  o.rest = __shfl_xor_sync(0xffffffffu, s.rest, off);
+  o.a = __shfl_xor_sync(0xffffffffu, s.a, off);
+  o.b = __shfl_xor_sync(0xffffffffu, s.b, off);
+  return o;
+}
+
+// Butterfly over aligned groups of G lanes (G <= 32); every lane of the warp must call it.
+template <int G, typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> warp_reduce(RowStats<acc_t> s) {
+#pragma unroll
+  for (int off = G / 2; off > 0; off /= 2) s = stats_merge(s, stats_shfl_xor(s, off));
+  return s;
+}
+
+// Whole-block reduction (blockDim.x a multiple of 32, <= 1024); the result is valid in thread 0.
+// `red` is shared memory for 32 entries. Every thread of the block must call it.
+template <typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> block_reduce(RowStats<acc_t> s, RowStats<acc_t>* red) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+  s = warp_reduce<32>(s);
+  if (lane == 0) red[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < nwarps ? red[lane] : stats_empty<acc_t>();
+    s = warp_reduce<32>(s);
+  }
+  __syncthreads();  // `red` is reused by the caller's next row
+  return s;
+}
+
+// Thread groups: G > 0 is a group of G lanes inside a warp (one row each), G == 0 the whole block.
+template <int G>
+__device__ __forceinline__ int group_lane() { return G > 0 ? static_cast<int>(threadIdx.x) % G : static_cast<int>(threadIdx.x); }
+template <int G>
+__device__ __forceinline__ int group_size() { return G > 0 ? G : static_cast<int>(blockDim.x); }
+template <int G>
+__device__ __forceinline__ int group_id() { return G > 0 ? static_cast<int>(threadIdx.x) / G : 0; }
+template <int G>
+__device__ __forceinline__ int groups_per_block() { return G > 0 ? static_cast<int>(blockDim.x) / G : 1; }
+
+template <int G, typename acc_t>
+__device__ __forceinline__ RowStats<acc_t> group_reduce(RowStats<acc_t> s, RowStats<acc_t>* red) {
+  if constexpr (G > 0) {
+    return warp_reduce<G>(s);
+  } else {
+    return block_reduce(s, red);
+  }
+}
+
+// Flat element offset of the first logit of row `pos` = n * S + s.
+__device__ __forceinline__ int64_t row_base(int64_t pos, int64_t C, int64_t S) {
+  return S == 1 ? pos * C : (pos / S) * C * S + pos % S;
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t weight_sum(const XentParams<scalar_t, acc_t>& p) {
+  return p.weight != nullptr ? static_cast<acc_t>(*p.weight_sum) : static_cast<acc_t>(p.C);
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t weight_at(const XentParams<scalar_t, acc_t>& p, int64_t j) {
+  return p.weight != nullptr ? p.weight[j] : acc_t(1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// forward: accumulate one element / one 16-byte vector into the row statistics
+// ------------------------------------------------------------------------------------------------
+
+template <int MODE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void push_one(const XentParams<scalar_t, acc_t>& p, RowStats<acc_t>& s, int64_t j,
+                                         acc_t v, acc_t yv) {
+  if (MODE != kModeProbA) {
+    stats_raise_max(s, v);
+    stats_add_exp(s, v);
+  }
+  if (MODE == kModeIndex) {
+    s.a += p.weight != nullptr ? p.weight[j] * v : v;
+  } else {
+    acc_t q = prob_q(yv, SmoothCoefs<acc_t>{p.on, p.off});
+    if (p.weight != nullptr) q *= p.weight[j];
+    s.a += q;
+    if (MODE == kModeProb) s.b += q * v;
+  }
+}
+
+template <int MODE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, RowStats<acc_t>& s, int64_t j,
+                                          const Pack<scalar_t>& xp, const Pack<scalar_t>& yp) {
+  constexpr int V = Pack<scalar_t>::kN;
+  acc_t xv[V];
+  if (MODE != kModeProbA) {
+#pragma unroll
+    for (int k = 0; k < V; ++k) xv[k] = to_acc(xp.v[k]);
+    acc_t mx = xv[0];
+#pragma unroll
+    for (int k = 1; k < V; ++k) mx = xv[k] > mx ? xv[k] : mx;
+    stats_raise_max(s, mx);  // one rescale per vector at most
+#pragma unroll
+    for (int k = 0; k < V; ++k) stats_add_exp(s, xv[k]);
+  }
+  if (MODE == kModeIndex) {
+    if (p.weight != nullptr) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) s.a += p.weight[j + k] * xv[k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) s.a += xv[k];
+    }
+  } else {
+    const SmoothCoefs<acc_t> c{p.on, p.off};
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      acc_t q = prob_q(to_acc(yp.v[k]), c);
+      if (p.weight != nullptr) q *= p.weight[j + k];
+      s.a += q;
+      if (MODE == kModeProb) s.b += q * xv[k];
+    }
+  }
+}
+
+// Accumulates row elements [j0, j0 + len) with `nthr` threads (this one is `lane`).
+// xr / yr point at element 0 of the (contiguous) row.
+template <int MODE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& p, const scalar_t* xr,
+                                             const scalar_t* yr, int64_t j0, int64_t len, int lane, int nthr,
+                                             RowStats<acc_t>& s) {
+  constexpr int V = Pack<scalar_t>::kN;
+  constexpr int U = kUnroll<scalar_t>;
+  // The vectorized stream is the logits, or the targets when only those are read.
+  const scalar_t* prim = MODE == kModeProbA ? yr : xr;
+  const uintptr_t mis = reinterpret_cast<uintptr_t>(prim + j0) & 15u;
+  int64_t head = static_cast<int64_t>(((16u - mis) & 15u) / sizeof(scalar_t));
+  if (head > len) head = len;
+  // Probability targets next to the logits: vector loads only when both streams share the alignment.
+  const bool y_vec = MODE == kModeProb && ((reinterpret_cast<uintptr_t>(yr + j0) & 15u) == mis);
+  const acc_t zero = acc_t(0);
+
+  for (int64_t k = lane; k < head; k += nthr) {
+    const int64_t j = j0 + k;
+    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : to_acc(xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
+  }
+  const int64_t jv = j0 + head;
+  const int64_t nvec = (len - head) / V;
+  Pack<scalar_t> xp[U], yp[U];
+  int64_t i = lane;
+  for (; i + (U - 1) * static_cast<int64_t>(nthr) < nvec; i += U * static_cast<int64_t>(nthr)) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t j = jv + (i + u * static_cast<int64_t>(nthr)) * V;
+      if (MODE != kModeProbA) xp[u] = load_pack(xr + j);
+      if (MODE == kModeProbA || (MODE == kModeProb && y_vec)) yp[u] = load_pack(yr + j);
+      if (MODE == kModeProb && !y_vec) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) yp[u].v[k] = yr[j + k];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) push_pack<MODE>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+  }
+  for (; i < nvec; i += nthr) {
+    const int64_t j = jv + i * V;
+    if (MODE != kModeProbA) xp[0] = load_pack(xr + j);
+    if (MODE == kModeProbA || (MODE == kModeProb && y_vec)) yp[0] = load_pack(yr + j);
+    if (MODE == kModeProb && !y_vec) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) yp[0].v[k] = yr[j + k];
+    }
+    push_pack<MODE>(p, s, j, xp[0], yp[0]);
+  }
+  for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
+    const int64_t j = j0 + k;
+    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : to_acc(xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
+  }
+}
+
+// Writes the outputs of row `pos` from its complete statistics.
+template <int MODE, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void finish_row(const XentParams<scalar_t, acc_t>& p, int64_t pos,
+                                           const RowStats<acc_t>& s) {
+  if (MODE == kModeProbA) {
+    p.row_a[pos] = s.a;
+    return;
+  }
+  const acc_t lse = lse_from_parts(s.m, s.cnt, s.rest);
+  p.lse[pos] = lse;
+  if (MODE == kModeProb) {
+    p.loss[pos] = prob_row_loss(lse, s.a, s.b);
+    return;
+  }
+  const int64_t t = p.target[pos];
+  acc_t loss;
+  if (t == p.ignore_index) {
+    loss = acc_t(0);
+  } else if (t < 0 || t >= p.C) {
+    loss = quiet_nan<acc_t>();  // out-of-range class index: documented NaN, no assert, no sync
+  } else {
+    const acc_t x_t = to_acc(p.x[row_base(pos, p.C, p.S) + t * p.S]);
+    loss = index_row_loss(lse, x_t, s.a, weight_at(p, t), weight_sum(p), SmoothCoefs<acc_t>{p.on, p.off});
+  }
+  p.loss[pos] = loss;
+}
+
+// ------------------------------------------------------------------------------------------------
+// forward kernels
+// ------------------------------------------------------------------------------------------------
+
+constexpr int kMaxBlock = 512;    // block-per-row kernels (G == 0)
+constexpr int kGroupBlock = 256;  // row-per-group kernels (G > 0): 256 threads per block
+
+// S == 1. Task = (row, chunk); `splits` chunks of `chunk` elements per row. With splits > 1 the
+// statistics of each chunk go to partial[row * splits + chunk] for fwd_combine_kernel.
+// minBlocksPerSM = 1: without it ptxas spills (double) to stay at 64 registers.
+template <typename scalar_t, typename acc_t, int MODE, int G>
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1)
+    fwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk, RowStats<acc_t>* partial) {
+  __shared__ RowStats<acc_t> red[32];
+  const int64_t gpb = groups_per_block<G>();
+  const int64_t ntasks = p.N * splits;
+  // The loop bound is uniform over the block, so every lane reaches the shuffles and barriers.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * gpb; base < ntasks; base += static_cast<int64_t>(gridDim.x) * gpb) {
+    const int64_t task = base + group_id<G>();
+    const bool active = task < ntasks;
+    RowStats<acc_t> s = stats_empty<acc_t>();
+    int64_t row = 0;
+    if (active) {
+      row = task / splits;
+      const int64_t j0 = (task % splits) * chunk;
+      const int64_t len = p.C - j0 < chunk ? p.C - j0 : chunk;
+      const scalar_t* xr = MODE == kModeProbA ? nullptr : p.x + row * p.C;
+      const scalar_t* yr = MODE == kModeIndex ? nullptr : p.y + row * p.C;
+      scan_segment<MODE>(p, xr, yr, j0, len, group_lane<G>(), group_size<G>(), s);
+    }
+    s = group_reduce<G>(s, red);
+    if (active && group_lane<G>() == 0) {
+      if (splits == 1) {
+        finish_row<MODE>(p, row, s);
+      } else {
+        partial[task] = s;
+      }
+    }
+  }
+}
+
+// Merges the `splits` partial statistics of each row in chunk order (deterministic) and finishes it.
+template <typename scalar_t, typename acc_t, int MODE>
+__global__ void __launch_bounds__(256)
+    fwd_combine_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, const RowStats<acc_t>* partial) {
+  const int64_t rows = p.N * p.S;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    RowStats<acc_t> s = partial[row * splits];
+    for (int64_t k = 1; k < splits; ++k) s = stats_merge(s, partial[row * splits + k]);
+    finish_row<MODE>(p, row, s);
+  }
+}
+
+constexpr int kStridedX = 32;  // positions per block (threadIdx.x)
+constexpr int kStridedY = 8;   // class slices per block (threadIdx.y)
+
+// S > 1: rows are strided by S; threads run across consecutive positions.
+template <typename scalar_t, typename acc_t, int MODE>
+__global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 : 4) fwd_strided_kernel(XentParams<scalar_t, acc_t> p) {
+  __shared__ RowStats<acc_t> red[kStridedY][kStridedX];
+  const int64_t npos = p.N * p.S;
+  const int64_t C = p.C, S = p.S;
+  for (int64_t tile = blockIdx.x; tile * kStridedX < npos; tile += gridDim.x) {
+    const int64_t pos = tile * kStridedX + threadIdx.x;
+    RowStats<acc_t> s = stats_empty<acc_t>();
+    if (pos < npos) {
+      const int64_t base = row_base(pos, C, S);
+      for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
+        const int64_t off = base + j * S;
+        push_one<MODE>(p, s, j, MODE == kModeProbA ? acc_t(0) : to_acc(p.x[off]),
+                       MODE == kModeIndex ? acc_t(0) : to_acc(p.y[off]));
+      }
+    }
+    red[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && pos < npos) {
+      for (int k = 1; k < kStridedY; ++k) s = stats_merge(s, red[k][threadIdx.x]);
+      finish_row<MODE>(p, pos, s);
+    }
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// backward
+// ------------------------------------------------------------------------------------------------
+
+// grad_j = A exp(x_j - lse) - B v_j with v_j = w_j (index) or w_j q_j (probability); at j == t
+// (index, valid target) the exact value tv instead. zero: the row's gradient is exactly 0 (as on CPU).
+template <typename acc_t>
+struct BwdRow {
+  acc_t A, B, lse, tv;
+  int64_t t;
+  bool zero;
+};
+
+template <bool PROB, typename scalar_t, typename acc_t>
+__device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_t>& p, int64_t pos) {
+  BwdRow<acc_t> r;
+  r.lse = p.lse_in[pos];
+  r.t = -1;
+  r.tv = acc_t(0);
+  const acc_t g = p.grad_loss[pos];
+  const acc_t gl = p.grad_lse != nullptr ? p.grad_lse[pos] : acc_t(0);
+  if (PROB) {
+    r.A = g * p.row_a[pos] + gl;
+    r.B = g;
+    r.zero = false;
+    return r;
+  }
+  const int64_t t = p.target[pos];
+  if (t == p.ignore_index) {
+    r.A = gl;  // only the lse term reaches an ignored row
+    r.B = acc_t(0);
+  } else if (t < 0 || t >= p.C) {
+    r.A = quiet_nan<acc_t>();  // out-of-range class index: a NaN row, as documented for the forward
+    r.B = acc_t(0);
+  } else {
+    const SmoothCoefs<acc_t> c{p.on, p.off};
+    const acc_t w_t = weight_at(p, t), W = weight_sum(p);
+    r.A = g * index_p_coef(w_t, W, c) + gl;
+    r.B = g * c.off;
+    r.t = t;
+    const acc_t x_t = to_acc(p.x[row_base(pos, p.C, p.S) + t * p.S]);
+    r.tv = g * index_target_grad(x_t, r.lse, w_t, W, c);
+    if (gl != acc_t(0)) r.tv += gl * se_exp(x_t - r.lse);
+  }
+  r.zero = (r.A == acc_t(0) && r.B == acc_t(0));
+  return r;
+}
+
+template <bool PROB, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r, int64_t j,
+                                           acc_t v, acc_t yv) {
+  if (!PROB && j == r.t) return r.tv;
+  if (r.zero) return acc_t(0);
+  acc_t b;
+  if (PROB) {
+    b = prob_q(yv, SmoothCoefs<acc_t>{p.on, p.off});
+    if (p.weight != nullptr) b *= p.weight[j];
+  } else {
+    b = weight_at(p, j);
+  }
+  return r.A * elem_exp(v - r.lse) - r.B * b;
+}
+
+// S == 1. Elementwise over segments [j0, j0 + len) of rows, same decomposition as the forward.
+template <typename scalar_t, typename acc_t, bool PROB, int G>
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock)
+    bwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk) {
+  constexpr int V = Pack<scalar_t>::kN;
+  constexpr int U = kUnroll<scalar_t>;
+  const int64_t gpb = groups_per_block<G>();
+  const int64_t ntasks = p.N * splits;
+  const int lane = group_lane<G>(), nthr = group_size<G>();
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * gpb; base < ntasks; base += static_cast<int64_t>(gridDim.x) * gpb) {
+    const int64_t task = base + group_id<G>();
+    if (task >= ntasks) continue;  // no collectives in this kernel
+    const int64_t row = task / splits;
+    const int64_t j0 = (task % splits) * chunk;
+    const int64_t len = p.C - j0 < chunk ? p.C - j0 : chunk;
+    const BwdRow<acc_t> r = bwd_row<PROB>(p, row);
+    const scalar_t* xr = p.x + row * p.C;
+    const scalar_t* yr = PROB ? p.y + row * p.C : nullptr;
+    scalar_t* gr = p.grad_input + row * p.C;
+    const uintptr_t mis = reinterpret_cast<uintptr_t>(xr + j0) & 15u;
+    int64_t head = static_cast<int64_t>(((16u - mis) & 15u) / sizeof(scalar_t));
+    if (head > len) head = len;
+    const bool y_vec = PROB && ((reinterpret_cast<uintptr_t>(yr + j0) & 15u) == mis);
+    const bool g_vec = (reinterpret_cast<uintptr_t>(gr + j0) & 15u) == mis;
+
+    for (int64_t k = lane; k < head; k += nthr) {
+      const int64_t j = j0 + k;
+      gr[j] = FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
+    }
+    const int64_t jv = j0 + head;
+    const int64_t nvec = (len - head) / V;
+    int64_t i = lane;
+    for (; i < nvec; i += U * static_cast<int64_t>(nthr)) {
+      Pack<scalar_t> xp[U], yp[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t iu = i + u * static_cast<int64_t>(nthr);
+        if (iu < nvec) {
+          const int64_t j = jv + iu * V;
+          xp[u] = load_pack(xr + j);
+          if (PROB) {
+            if (y_vec) {
+              yp[u] = load_pack(yr + j);
+            } else {
+#pragma unroll
+              for (int k = 0; k < V; ++k) yp[u].v[k] = yr[j + k];
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t iu = i + u * static_cast<int64_t>(nthr);
+        if (iu < nvec) {
+          const int64_t j = jv + iu * V;
+          Pack<scalar_t> out;
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            out.v[k] = FromAcc<scalar_t>::cvt(
+                grad_elem<PROB>(p, r, j + k, to_acc(xp[u].v[k]), PROB ? to_acc(yp[u].v[k]) : acc_t(0)));
+          }
+          if (g_vec) {
+            *reinterpret_cast<Pack<scalar_t>*>(gr + j) = out;
+          } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) gr[j + k] = out.v[k];
+          }
+        }
+      }
+    }
+    for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
+      const int64_t j = j0 + k;
+      gr[j] = FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
+    }
+  }
+}
+
+// S > 1: thread (x, y) owns position tile * 32 + x and classes y, y + 8, ...
+template <typename scalar_t, typename acc_t, bool PROB>
+__global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 : 4) bwd_strided_kernel(XentParams<scalar_t, acc_t> p) {
+  const int64_t npos = p.N * p.S;
+  const int64_t C = p.C, S = p.S;
+  for (int64_t tile = blockIdx.x; tile * kStridedX < npos; tile += gridDim.x) {
+    const int64_t pos = tile * kStridedX + threadIdx.x;
+    if (pos >= npos) continue;
+    const BwdRow<acc_t> r = bwd_row<PROB>(p, pos);
+    const int64_t base = row_base(pos, C, S);
+    for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
+      const int64_t off = base + j * S;
+      p.grad_input[off] =
+          FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(p.x[off]), PROB ? to_acc(p.y[off]) : acc_t(0)));
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// host side: launch planning and launchers (shared by the ATen glue and the simt tests)
+// ------------------------------------------------------------------------------------------------
+
+enum : int { kKindStrided = 0, kKindGroup8 = 1, kKindWarp = 2, kKindBlock = 3 };
+
+struct RowPlan {
+  int kind;
+  int threads;     // threads per block (strided: 32 x 8)
+  int64_t splits;  // chunks per row (kKindBlock only; else 1)
+  int64_t chunk;   // elements per chunk
+  int64_t blocks;  // grid size (the kernels loop when the work needs more)
+};
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// rows = N * S; elem_bytes = sizeof(scalar_t); num_sms of the current device.
+inline RowPlan plan_rows(int64_t rows, int64_t C, int64_t S, int elem_bytes, int num_sms) {
+  RowPlan pl;
+  if (num_sms < 1) num_sms = 1;
+  const int64_t max_blocks = static_cast<int64_t>(num_sms) * 64;  // the kernels loop beyond this
+  pl.splits = 1;
+  pl.chunk = C;
+  if (S > 1) {
+    pl.kind = kKindStrided;
+    pl.threads = kStridedX * kStridedY;
+    pl.blocks = ceil_div(rows, kStridedX);
+  } else if (C <= 64) {
+    pl.kind = kKindGroup8;
+    pl.threads = kGroupBlock;
+    pl.blocks = ceil_div(rows, kGroupBlock / 8);
+  } else if (C <= 2048) {
+    pl.kind = kKindWarp;
+    pl.threads = kGroupBlock;
+    pl.blocks = ceil_div(rows, kGroupBlock / 32);
+  } else {
+    pl.kind = kKindBlock;
+    pl.threads = C >= 16384 ? kMaxBlock : 256;
+    // Few long rows: split each into chunks so that ~4 blocks per SM are busy, but keep every
+    // chunk at least one full unrolled sweep of the block (threads x 4 x 16 bytes).
+    const int64_t vec = 16 / elem_bytes;
+    const int64_t min_chunk = static_cast<int64_t>(pl.threads) * vec * 4;
+    const int64_t want = static_cast<int64_t>(num_sms) * (2048 / pl.threads);
+    if (rows < want) {
+      int64_t splits = ceil_div(want, rows);
+      const int64_t max_splits = ceil_div(C, min_chunk);
+      if (splits > max_splits) splits = max_splits;
+      if (splits > 1) {
+        pl.chunk = ceil_div(ceil_div(C, splits), vec) * vec;  // chunk starts keep the row's alignment
+        pl.splits = ceil_div(C, pl.chunk);
+      }
+    }
+    pl.blocks = rows * pl.splits;
+  }
+  if (pl.blocks > max_blocks) pl.blocks = max_blocks;
+  if (pl.blocks < 1) pl.blocks = 1;
+  return pl;
+}
+
+template <typename acc_t>
+inline size_t partial_bytes(const RowPlan& pl, int64_t rows) {
+  return pl.splits > 1 ? static_cast<size_t>(rows * pl.splits) * sizeof(RowStats<acc_t>) : 0;
+}
+
+inline size_t align_up16(size_t n) { return (n + 15) & ~static_cast<size_t>(15); }
+
+// Workspace (device bytes) the forward launchers need; 0 means none.
+template <typename scalar_t, typename acc_t>
+inline size_t forward_workspace_bytes(int64_t N, int64_t C, int64_t S, int num_sms) {
+  return partial_bytes<acc_t>(plan_rows(N * S, C, S, sizeof(scalar_t), num_sms), N * S);
+}
+
+template <typename scalar_t, typename acc_t>
+inline size_t prob_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int num_sms) {
+  return align_up16(static_cast<size_t>(N * S) * sizeof(acc_t)) +
+         partial_bytes<acc_t>(plan_rows(N * S, C, S, sizeof(scalar_t), num_sms), N * S);
+}
+
+template <typename scalar_t, typename acc_t, int MODE>
+inline void launch_forward_mode(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
+                                cudaStream_t stream) {
+  const int64_t rows = p.N * p.S;
+  const RowPlan pl = plan_rows(rows, p.C, p.S, sizeof(scalar_t), num_sms);
+  const dim3 grid(static_cast<unsigned>(pl.blocks));
+  RowStats<acc_t>* partial = static_cast<RowStats<acc_t>*>(workspace);
+  const int64_t splits = pl.splits, chunk = pl.chunk;
+  if (pl.kind == kKindStrided) {
+    auto k = &fwd_strided_kernel<scalar_t, acc_t, MODE>;
+    SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, p);
+  } else if (pl.kind == kKindGroup8) {
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 8>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
+  } else if (pl.kind == kKindWarp) {
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 32>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
+  } else {
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 0>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
+    if (splits > 1) {
+      int64_t cb = ceil_div(rows, 256);
+      if (cb > static_cast<int64_t>(num_sms) * 64) cb = static_cast<int64_t>(num_sms) * 64;
+      auto kc = &fwd_combine_kernel<scalar_t, acc_t, MODE>;
+      const RowStats<acc_t>* cpartial = partial;
+      SMOOTHING_LAUNCH(kc, dim3(static_cast<unsigned>(cb)), dim3(256), 0, stream, p, splits, cpartial);
+    }
+  }
+}
+
+// Index targets: writes p.loss and p.lse. workspace: forward_workspace_bytes.
+template <typename scalar_t, typename acc_t>
+inline void launch_index_forward(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
+                                 cudaStream_t stream) {
+  launch_forward_mode<scalar_t, acc_t, kModeIndex>(p, num_sms, workspace, stream);
+}
+
+// Probability targets: writes p.loss and p.lse. workspace: forward_workspace_bytes.
+template <typename scalar_t, typename acc_t>
+inline void launch_prob_forward(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
+                                cudaStream_t stream) {
+  launch_forward_mode<scalar_t, acc_t, kModeProb>(p, num_sms, workspace, stream);
+}
+
+template <typename scalar_t, typename acc_t, bool PROB>
+inline void launch_backward_elementwise(const XentParams<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
+  const RowPlan pl = plan_rows(p.N * p.S, p.C, p.S, sizeof(scalar_t), num_sms);
+  const dim3 grid(static_cast<unsigned>(pl.blocks));
+  const int64_t splits = pl.splits, chunk = pl.chunk;
+  if (pl.kind == kKindStrided) {
+    auto k = &bwd_strided_kernel<scalar_t, acc_t, PROB>;
+    SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, p);
+  } else if (pl.kind == kKindGroup8) {
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 8>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
+  } else if (pl.kind == kKindWarp) {
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 32>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
+  } else {
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 0>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
+  }
+}
+
+// Index targets: writes p.grad_input. No workspace.
+template <typename scalar_t, typename acc_t>
+inline void launch_index_backward(const XentParams<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
+  launch_backward_elementwise<scalar_t, acc_t, false>(p, num_sms, stream);
+}
+
+// Probability targets: a reduction pass for A = sum_j w_j q_j per row (into the workspace), then the
+// elementwise pass. workspace: prob_backward_workspace_bytes.
+template <typename scalar_t, typename acc_t>
+inline void launch_prob_backward(XentParams<scalar_t, acc_t> p, int num_sms, void* workspace, cudaStream_t stream) {
+  const size_t a_bytes = align_up16(static_cast<size_t>(p.N * p.S) * sizeof(acc_t));
+  p.row_a = static_cast<acc_t*>(workspace);
+  launch_forward_mode<scalar_t, acc_t, kModeProbA>(p, num_sms, static_cast<unsigned char*>(workspace) + a_bytes,
+                                                   stream);
+  launch_backward_elementwise<scalar_t, acc_t, true>(p, num_sms, stream);
+}
+
+}  // namespace cuda
+}  // namespace smoothing_ext
+
+#endif  // defined(__CUDACC__) || defined(SIMT_CPU)
