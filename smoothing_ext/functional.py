@@ -92,8 +92,9 @@ def cross_entropy(
 
     Raises:
         TypeError, ValueError, IndexError, RuntimeError: for arguments PyTorch would reject, with the
-        argument named and the shapes given; a class index outside ``[0, C)`` that is not
-        ``ignore_index`` raises ``IndexError``.
+        argument named and the shapes given. A class index outside ``[0, C)`` that is not
+        ``ignore_index`` raises ``IndexError`` on the CPU; on CUDA (where raising would need a host
+        synchronisation) that element's loss and its row of the gradient are NaN instead.
     """
     _check_args(input, target, weight, reduction, label_smoothing)
     label_smoothing = float(label_smoothing)
