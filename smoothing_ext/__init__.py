@@ -13,6 +13,12 @@ from __future__ import annotations
 
 import torch  # noqa: F401  (loads libtorch before the extension that links against it)
 
+from ._version_check import check_torch_compat as _check_torch_compat
+
+# A wheel is bound to the torch minor and CUDA major it was built with: say what to install
+# instead of failing with an undefined symbol.
+_check_torch_compat()
+
 try:
     from . import _C  # noqa: F401  (registers torch.ops.smoothing_ext.*)
 except ImportError as e:  # pragma: no cover - depends on the installation

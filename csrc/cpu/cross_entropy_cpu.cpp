@@ -47,11 +47,13 @@ KernelTable pick_table() {
   return kernels_default();
 }
 
-// The gradient is as large as the logits and written once. A fresh allocation of that size comes
-// from mmap and pays one page fault per 4 KiB on first touch, which costs as much as the kernel
-// itself; 2 MiB transparent huge pages cut that by ~4x (THP is "madvise" on common distributions).
+// The gradient is as large as the logits and written once. Above 32 MiB (glibc's largest
+// dynamic mmap threshold) every allocation of that size is a fresh mmap that pays one page fault
+// per 4 KiB on first touch, which costs as much as the kernel itself; 2 MiB transparent huge pages
+// cut that by ~4x (THP is "madvise" on common distributions). Below it glibc reuses freed memory
+// without any fault, which beats fresh huge pages, so smaller gradients use the default allocator.
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugeMin = size_t(8) << 20;
+constexpr size_t kHugeMin = (size_t(32) << 20) + 1;
 
 bool hugepages_enabled() {
   static const bool on = [] {

@@ -124,6 +124,19 @@ inline void vstore2(scalar_t* p, const Vectorized<acc_t>& a, const Vectorized<ac
   }
 }
 
+// Stores one accumulation vector (size() elements).
+template <typename scalar_t, typename acc_t>
+inline void vstore1(scalar_t* p, const Vectorized<acc_t>& a) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    a.store(p);
+  } else {
+    at::vec::convert_from_float<scalar_t>(a, a).store(p, Vectorized<acc_t>::size());
+  }
+}
+
+// Spatial positions processed together on the strided (N, C, d1..dk) path.
+constexpr int64_t kLanes = 256;
+
 template <typename acc_t>
 inline acc_t hsum(const Vectorized<acc_t>& v) {
   alignas(64) acc_t buf[Vectorized<acc_t>::size()];
@@ -254,16 +267,6 @@ inline void row_grad(const scalar_t* x, scalar_t* gx, int64_t C, acc_t lse, acc_
 }
 
 // ---------------------------------------------------------------------------------------------
-// per-row building blocks, strided rows (S > 1): lanes are K consecutive spatial positions
-// ---------------------------------------------------------------------------------------------
-
-template <typename acc_t>
-struct LaneArrays {
-  static constexpr int64_t K = Vectorized<acc_t>::size();
-  alignas(64) acc_t v[K];
-};
-
-// ---------------------------------------------------------------------------------------------
 // index targets
 // ---------------------------------------------------------------------------------------------
 
@@ -292,9 +295,7 @@ int64_t index_forward_impl(const XentArgs& a) {
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
 
   // Finishes row `pos` (flat n * S + s) from its statistics.
-  auto finish = [&](int64_t pos, acc_t m, acc_t sum_wx, acc_t cnt, acc_t rest, acc_t x_t_or_nan,
-                    int64_t t) {
-    const acc_t lse = lse_from_parts(m, cnt, rest);
+  auto finish = [&](int64_t pos, acc_t lse, acc_t sum_wx, acc_t x_t_or_nan, int64_t t) {
     lse_out[pos] = lse;
     if (t == a.ignore_index) {
       loss[pos] = acc_t(0);
@@ -316,63 +317,70 @@ int64_t index_forward_impl(const XentArgs& a) {
         row_max_sum<scalar_t, acc_t>(xr, C, w, m, s);
         row_sumexp<scalar_t, acc_t>(xr, C, m, cnt, rest);
         const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xr[t]) : nan;
-        finish(n, m, s, cnt, rest, x_t, t);
+        finish(n, lse_from_parts(m, cnt, rest), s, x_t, t);
       }
     });
   } else {
+    // Strided rows: a chunk of up to kLanes consecutive spatial positions of one sample is one
+    // set of rows. Each class j contributes one contiguous run of the chunk, so every pass streams
+    // C runs of contiguous memory (no gathers, few pages), and the per-row state lives in small
+    // arrays in L1.
     using V = Vectorized<acc_t>;
     constexpr int64_t K = V::size();
-    const int64_t blocks = (S + K - 1) / K;  // lane blocks per sample
-    at::parallel_for(0, a.N * blocks, std::max<int64_t>(1, grain_rows(C) / K), [&](int64_t begin, int64_t end) {
-      for (int64_t nb = begin; nb < end; ++nb) {
-        const int64_t n = nb / blocks, s0 = (nb % blocks) * K;
+    const int64_t chunks = (S + kLanes - 1) / kLanes;
+    at::parallel_for(0, a.N * chunks, std::max<int64_t>(1, grain_rows(C) / kLanes), [&](int64_t begin, int64_t end) {
+      alignas(64) acc_t M[kLanes], Sm[kLanes], R[kLanes], Cn[kLanes];
+      const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const int64_t n = nc / chunks, s0 = (nc % chunks) * kLanes;
+        const int64_t L = std::min<int64_t>(kLanes, S - s0), Lv = L - L % K;
         const scalar_t* xb = x + n * C * S + s0;
-        const int64_t lanes = std::min<int64_t>(K, S - s0);
-        if (lanes == K) {
-          const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
-          V vm(ninf), vs(acc_t(0));
-          for (int64_t j = 0; j < C; ++j) {
-            const V v = vload<scalar_t, acc_t>(xb + j * S);
-            vm = vmax(vm, v);
-            vs = w == nullptr ? vs + v : at::vec::fmadd(v, V(w[j]), vs);
+        std::fill(M, M + L, ninf);
+        std::fill(Sm, Sm + L, acc_t(0));
+        std::fill(R, R + L, acc_t(0));
+        std::fill(Cn, Cn + L, acc_t(0));
+        for (int64_t j = 0; j < C; ++j) {
+          const scalar_t* xr = xb + j * S;
+          const acc_t wj = w == nullptr ? acc_t(1) : w[j];
+          const V vw(wj);
+          for (int64_t b = 0; b < Lv; b += K) {
+            const V v = vload<scalar_t, acc_t>(xr + b);
+            vmax(V::loadu(M + b), v).store(M + b);
+            (w == nullptr ? V::loadu(Sm + b) + v : at::vec::fmadd(v, vw, V::loadu(Sm + b))).store(Sm + b);
           }
-          const V zero(acc_t(0)), one(acc_t(1));
-          V vr(acc_t(0)), vc(acc_t(0));
-          for (int64_t j = 0; j < C; ++j) {
-            const V v = vload<scalar_t, acc_t>(xb + j * S);
+          for (int64_t b = Lv; b < L; ++b) {
+            const acc_t v = static_cast<acc_t>(xr[b]);
+            M[b] = v > M[b] ? v : M[b];
+            Sm[b] += wj * v;
+          }
+        }
+        const V zero(acc_t(0)), one(acc_t(1));
+        for (int64_t j = 0; j < C; ++j) {
+          const scalar_t* xr = xb + j * S;
+          for (int64_t b = 0; b < Lv; b += K) {
+            const V v = vload<scalar_t, acc_t>(xr + b);
+            const V vm = V::loadu(M + b);
             const V q = (v == vm);
-            vr = vr + V::blendv(fast_exp(v - vm), zero, q);
-            vc = vc + V::blendv(zero, one, q);
+            (V::loadu(R + b) + V::blendv(fast_exp(v - vm), zero, q)).store(R + b);
+            (V::loadu(Cn + b) + V::blendv(zero, one, q)).store(Cn + b);
           }
-          LaneArrays<acc_t> M, Sm, R, Cn;
-          vm.store(M.v);
-          vs.store(Sm.v);
-          vr.store(R.v);
-          vc.store(Cn.v);
-          for (int64_t l = 0; l < K; ++l) {
-            const int64_t pos = n * S + s0 + l;
-            const int64_t t = tgt[pos];
-            const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xb[t * S + l]) : nan;
-            finish(pos, M.v[l], Sm.v[l], Cn.v[l], R.v[l], x_t, t);
+          for (int64_t b = Lv; b < L; ++b) {
+            const acc_t v = static_cast<acc_t>(xr[b]);
+            if (v == M[b]) Cn[b] += acc_t(1); else R[b] += scalar_exp(v - M[b]);
           }
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) {  // ragged end of the spatial dim: scalar
-            const scalar_t* xr = xb + l;
-            acc_t m = -std::numeric_limits<acc_t>::infinity(), s = 0, cnt = 0, rest = 0;
-            for (int64_t j = 0; j < C; ++j) {
-              const acc_t v = static_cast<acc_t>(xr[j * S]);
-              m = v > m ? v : m;
-              s += w == nullptr ? v : w[j] * v;
-            }
-            for (int64_t j = 0; j < C; ++j) {
-              const acc_t v = static_cast<acc_t>(xr[j * S]);
-              if (v == m) cnt += 1; else rest += scalar_exp(v - m);
-            }
-            const int64_t pos = n * S + s0 + l;
-            const int64_t t = tgt[pos];
-            const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xr[t * S]) : nan;
-            finish(pos, m, s, cnt, rest, x_t, t);
-          }
+        }
+        // lse of the chunk's rows, vectorized: with few classes a scalar log1p per row would cost
+        // as much as the passes over the logits.
+        for (int64_t b = 0; b < Lv; b += K) {
+          const V lse = V::loadu(M + b) + ((V::loadu(Cn + b) - one) + V::loadu(R + b)).log1p();
+          lse.store(R + b);
+        }
+        for (int64_t b = Lv; b < L; ++b) R[b] = lse_from_parts(M[b], Cn[b], R[b]);
+        for (int64_t b = 0; b < L; ++b) {
+          const int64_t pos = n * S + s0 + b;
+          const int64_t t = tgt[pos];
+          const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xb[t * S + b]) : nan;
+          finish(pos, R[b], Sm[b], x_t, t);
         }
       }
     });
@@ -435,49 +443,55 @@ void index_backward_impl(const XentArgs& a) {
   } else {
     using V = Vectorized<acc_t>;
     constexpr int64_t K = V::size();
-    const int64_t blocks = (S + K - 1) / K;
-    at::parallel_for(0, a.N * blocks, std::max<int64_t>(1, grain_rows(C) / K), [&](int64_t begin, int64_t end) {
-      for (int64_t nb = begin; nb < end; ++nb) {
-        const int64_t n = nb / blocks, s0 = (nb % blocks) * K;
+    const int64_t chunks = (S + kLanes - 1) / kLanes;
+    at::parallel_for(0, a.N * chunks, std::max<int64_t>(1, grain_rows(C) / kLanes), [&](int64_t begin, int64_t end) {
+      alignas(64) acc_t Aa[kLanes], Ba[kLanes], La[kLanes];
+      bool has_t[kLanes];
+      for (int64_t nc = begin; nc < end; ++nc) {
+        const int64_t n = nc / chunks, s0 = (nc % chunks) * kLanes;
+        const int64_t L = std::min<int64_t>(kLanes, S - s0), Lv = L - L % K;
         const int64_t base = n * C * S + s0;
-        const int64_t lanes = std::min<int64_t>(K, S - s0);
-        LaneArrays<acc_t> Aa, Ba, La;
-        bool has_t[K];
-        for (int64_t l = 0; l < lanes; ++l) {
-          const int64_t pos = n * S + s0 + l;
-          coefs(pos, tgt[pos], Aa.v[l], Ba.v[l], has_t[l]);
-          La.v[l] = lse_in[pos];
+        for (int64_t b = 0; b < L; ++b) {
+          const int64_t pos = n * S + s0 + b;
+          coefs(pos, tgt[pos], Aa[b], Ba[b], has_t[b]);
+          La[b] = lse_in[pos];
         }
-        if (lanes == K) {
-          const V vA = V::loadu(Aa.v), vB = V::loadu(Ba.v), vL = V::loadu(La.v);
-          alignas(64) scalar_t out[K];
-          for (int64_t j = 0; j < C; ++j) {
-            const V v = vload<scalar_t, acc_t>(x + base + j * S);
-            const V g = at::vec::fmsub(vA, fast_exp(v - vL), w == nullptr ? vB : vB * V(w[j]));
-            if constexpr (std::is_same_v<scalar_t, acc_t>) {
-              g.store(gx + base + j * S);
-            } else {
-              LaneArrays<acc_t> tmp;
-              g.store(tmp.v);
-              for (int64_t l = 0; l < K; ++l) out[l] = static_cast<scalar_t>(tmp.v[l]);
-              std::memcpy(gx + base + j * S, out, sizeof(out));
-            }
+        for (int64_t j = 0; j < C; ++j) {
+          const scalar_t* xr = x + base + j * S;
+          scalar_t* gr = gx + base + j * S;
+          const acc_t wj = w == nullptr ? acc_t(1) : w[j];
+          const V vw(wj);
+          for (int64_t b = 0; b < Lv; b += K) {
+            const V v = vload<scalar_t, acc_t>(xr + b);
+            const V g = at::vec::fmsub(V::loadu(Aa + b), fast_exp(v - V::loadu(La + b)), V::loadu(Ba + b) * vw);
+            vstore1<scalar_t, acc_t>(gr + b, g);
           }
-        } else {
-          for (int64_t l = 0; l < lanes; ++l) {
-            for (int64_t j = 0; j < C; ++j) {
-              const acc_t v = static_cast<acc_t>(x[base + j * S + l]);
-              gx[base + j * S + l] = static_cast<scalar_t>(
-                  Aa.v[l] * scalar_exp(v - La.v[l]) - Ba.v[l] * (w == nullptr ? acc_t(1) : w[j]));
-            }
+          for (int64_t b = Lv; b < L; ++b) {
+            const acc_t v = static_cast<acc_t>(xr[b]);
+            gr[b] = static_cast<scalar_t>(Aa[b] * scalar_exp(v - La[b]) - Ba[b] * wj);
           }
         }
-        for (int64_t l = 0; l < lanes; ++l) {
-          if (!has_t[l]) continue;
-          const int64_t pos = n * S + s0 + l;
+        // target class: on * w_t * expm1(x_t - lse) + off * (W p_t - w_t) (+ gl p_t), the
+        // expm1 vectorized over the chunk (see index_target_grad)
+        alignas(64) acc_t D[kLanes];
+        for (int64_t b = 0; b < L; ++b) {
+          const int64_t t = tgt[n * S + s0 + b];
+          D[b] = has_t[b] ? static_cast<acc_t>(x[base + t * S + b]) - La[b] : acc_t(0);
+        }
+        for (int64_t b = 0; b < Lv; b += K) V::loadu(D + b).expm1().store(D + b);
+        for (int64_t b = Lv; b < L; ++b) D[b] = se_expm1(D[b]);
+        for (int64_t b = 0; b < L; ++b) {
+          if (!has_t[b]) continue;
+          const int64_t pos = n * S + s0 + b;
           const int64_t t = tgt[pos];
-          const int64_t off = base + t * S + l;
-          gx[off] = static_cast<scalar_t>(target_value(pos, t, static_cast<acc_t>(x[off]), La.v[l]));
+          const acc_t g = gloss[pos];
+          const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
+          const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+          const acc_t pm1 = D[b];
+          acc_t v = g * c.on * w_t * pm1;
+          if (c.off != acc_t(0)) v += g * c.off * (W * (pm1 + acc_t(1)) - w_t);
+          v += gl * (pm1 + acc_t(1));
+          gx[base + t * S + b] = static_cast<scalar_t>(v);
         }
       }
     });
