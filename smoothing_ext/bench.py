@@ -5,9 +5,11 @@ every implementation is timed in the same process: smoothing_ext, eager
 ``F.cross_entropy(label_smoothing=eps)``, ``torch.compile`` of it, the seeds' two plain-PyTorch
 formulations, and Liger / apex / flash-attn on CUDA when importable. Each row reports the median
 time after warm-up, the speed-up over eager and over compiled PyTorch, the time of the memory-traffic
-floor measured in the same run (CPU: one read pass ``x.sum()``, plus for the forward ``exp(x, out=)``
-and for forward+backward ``x.sum() + x.exp()``; CUDA: a device-to-device copy), the effective
-bandwidth, the peak extra memory, and the error against a float64 reference.
+floor measured in the same run (forward: ``exp(x, out=)``, forward+backward: ``x.sum() + x.exp()`` on the CPU; CUDA: fractions
+of a device-to-device copy), the effective bandwidth (ideal traffic: one read for the forward, read +
+read + write for forward+backward) and its percentage of the bandwidth measured in the same run (CPU:
+a read pass ``x.sum()``; CUDA: a copy), the peak extra memory, and the error against a float64
+reference.
 
     python -m smoothing_ext.bench                 # default set (< 3 minutes on 2 CPU cores)
     python -m smoothing_ext.bench --quick         # CI smoke run (< 1 minute)
@@ -217,6 +219,7 @@ class Row:
     floor_ms: Optional[float] = None
     pct_of_floor: Optional[float] = None
     gbps: Optional[float] = None
+    pct_of_bw: Optional[float] = None  # effective GB/s over the measured read (CPU) / copy (CUDA) bandwidth
     peak_extra_mb: Optional[float] = None
     max_err: Optional[float] = None
     note: str = ""
@@ -270,12 +273,14 @@ def floors(x: torch.Tensor, device: str, budget: float) -> dict[str, float]:
     if device == "cuda":
         y = torch.empty_like(x)
         out["copy"] = time_fn(lambda: y.copy_(x), device, 5, budget)
+        out["bw_gbps"] = 2 * x.numel() * x.element_size() / out["copy"] / 1e9
         out["fwd"] = out["copy"] / 2  # one read of x (a copy reads and writes)
         out["fwdbwd"] = out["copy"] * 1.5  # read for the forward, read + write for the backward
         del y
         return out
     buf = torch.empty_like(x)
     out["read"] = time_fn(lambda: x.sum(), device, 3, budget)
+    out["bw_gbps"] = x.numel() * x.element_size() / out["read"] / 1e9
     out["fwd"] = time_fn(lambda: torch.exp(x, out=buf), device, 3, budget)
     del buf
     out["fwdbwd"] = time_fn(lambda: (x.sum(), x.exp()), device, 3, budget)
@@ -333,6 +338,7 @@ def run_case(
             row.floor_ms = fl[mode] * 1e3
             row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
             row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
+            row.pct_of_bw = 100.0 * row.gbps / fl["bw_gbps"]
         except Exception as e:  # an implementation that cannot run this case is reported, not fatal
             row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(row)
@@ -395,8 +401,8 @@ def markdown_summary(rows: list[Row]) -> str:
         cases.setdefault((r.device, r.workload, r.shape, r.dtype, r.mode, r.weighted), {})[r.impl] = r
     lines = [
         "| device | workload | shape | dtype | mode | weight | smoothing_ext ms | torch ms | torch.compile ms "
-        "| vs torch | vs compile | floor ms | floor / ours | peak extra MB (ours / torch / compile) |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| vs torch | vs compile | floor ms | floor / ours | GB/s (% of bw) | peak extra MB (ours / torch / compile) |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for (dev, wl, shape, dt, mode, weighted), by in cases.items():
         o, e, c = by.get("smoothing_ext"), by.get("torch"), by.get("torch.compile")
@@ -405,22 +411,23 @@ def markdown_summary(rows: list[Row]) -> str:
             f"| {dev} | {wl} | {shape} | {dt} | {mode} | {'yes' if weighted else 'no'} "
             f"| {_fmt(o and o.time_ms, '.2f')} | {_fmt(e and e.time_ms, '.2f')} | {_fmt(c and c.time_ms, '.2f')} "
             f"| {_fmt(o and o.speedup_vs_torch, '.2f')}x | {_fmt(o and o.speedup_vs_compile, '.2f')}x "
-            f"| {_fmt(o and o.floor_ms, '.2f')} | {_fmt(o and o.pct_of_floor, '.0f')}% | {mem} |"
+            f"| {_fmt(o and o.floor_ms, '.2f')} | {_fmt(o and o.pct_of_floor, '.0f')}% "
+            f"| {_fmt(o and o.gbps, '.1f')} ({_fmt(o and o.pct_of_bw, '.0f')}%) | {mem} |"
         )
     return "\n".join(lines)
 
 
 def markdown_detail(rows: list[Row]) -> str:
     lines = [
-        "| device | workload | dtype | mode | weight | impl | ms | vs torch | vs compile | GB/s | % of floor "
+        "| device | workload | dtype | mode | weight | impl | ms | vs torch | vs compile | GB/s | % of bw | % of floor "
         "| peak extra MB | max err | note |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.device} | {r.workload} | {r.dtype} | {r.mode} | {'yes' if r.weighted else 'no'} | {r.impl} "
             f"| {_fmt(r.time_ms, '.2f')} | {_fmt(r.speedup_vs_torch, '.2f')} | {_fmt(r.speedup_vs_compile, '.2f')} "
-            f"| {_fmt(r.gbps, '.1f')} | {_fmt(r.pct_of_floor, '.0f')} | {_fmt(r.peak_extra_mb, '.0f')} "
+            f"| {_fmt(r.gbps, '.1f')} | {_fmt(r.pct_of_bw, '.0f')} | {_fmt(r.pct_of_floor, '.0f')} | {_fmt(r.peak_extra_mb, '.0f')} "
             f"| {_fmt(r.max_err, '.1e')} | {r.note} |"
         )
     return "\n".join(lines)
@@ -514,6 +521,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--quick", action="store_true", help="small CI run (< 1 minute)")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: cuda if available, else cpu")
     p.add_argument("--workloads", default=None, help=f"comma list of {','.join(WORKLOADS)} (default: a curated set)")
+    p.add_argument("--shapes", default=None,
+                   help="extra custom shapes, comma list of NxC or NxCxD1..., e.g. 1024x50000,4x19x256x256")
     p.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16,float16,float64")
     p.add_argument("--modes", default=None, help="comma list of fwd,fwdbwd")
     p.add_argument("--weight", default=None, choices=["no", "yes", "both"], help="class weights")
@@ -540,8 +549,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception:
         pass
 
-    if args.workloads or args.dtypes or args.modes or args.weight:
-        wls = (args.workloads or "cls-1k,lm-32k").split(",")
+    custom = []
+    for spec in (args.shapes.split(",") if args.shapes else []):
+        try:
+            shape = tuple(int(v) for v in spec.lower().split("x"))
+        except ValueError:
+            p.error(f"bad shape {spec!r}: expected NxC or NxCxD1...")
+        if len(shape) < 2 or min(shape) < 1:
+            p.error(f"bad shape {spec!r}: expected NxC or NxCxD1... with positive sizes")
+        WORKLOADS[spec] = Workload(spec, shape)
+        custom.append(spec)
+    if args.workloads or args.dtypes or args.modes or args.weight or custom:
+        wls = (args.workloads.split(",") if args.workloads else ([] if custom else ["cls-1k", "lm-32k"])) + custom
         dts = (args.dtypes or "float32").split(",")
         modes = (args.modes or "fwd,fwdbwd").split(",")
         weights = {"no": [False], "yes": [True], "both": [False, True]}[args.weight or "no"]
