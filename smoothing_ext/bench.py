@@ -140,33 +140,6 @@ def time_fn(fn: Callable[[], object], device: str, min_reps: int, budget_s: floa
     return statistics.median(times)
 
 
-def warm_up(fn: Callable[[], object], device: str, budget_s: float, max_calls: int = 50) -> None:
-    """At least two calls and 0.4 x budget (see time_fn)."""
-    w0 = time.perf_counter()
-    for i in range(max_calls):
-        fn()
-        _sync(device)
-        if i >= 1 and time.perf_counter() - w0 >= 0.4 * budget_s:
-            break
-
-
-def time_round_robin(
-    fns: dict[str, Callable[[], object]], device: str, min_reps: int, budget_s: float, max_reps: int = 50
-) -> dict[str, float]:
-    """Median wall time of each (warmed-up) fn in seconds, calling them in turn."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    start = time.perf_counter()
-    for rep in range(max_reps):
-        if rep >= min_reps and time.perf_counter() - start >= budget_s:
-            break
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items() if v}
-
-
 class _RssSampler:
     """Peak resident set size of this process while active, sampled every ~0.2 ms from /proc
     (torch ops release the GIL, so the sampler runs while a kernel runs)."""
@@ -348,7 +321,6 @@ def run_case(
 
     available = _bench_impls.available(device)
     rows: list[Row] = []
-    runners: dict[str, Callable[[], object]] = {}
     for name in impl_names:
         row = Row(wl.name, "x".join(map(str, wl.shape)), str(dtype).replace("torch.", ""), mode, weighted, name, device)
         if name == "torch.compile":
@@ -369,23 +341,15 @@ def run_case(
             continue
         try:
             runner = _make_runner(fn, x, t, w, eps, mode)
-            warm_up(runner, device, budget)
+            row.time_ms = time_fn(runner, device, 3, budget) * 1e3
             row.max_err = _error(fn, x, t, w, eps, mode, min(err_rows, wl.shape[0]))
-            runners[name] = runner
+            row.floor_ms = fl[mode] * 1e3
+            row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
+            row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
+            row.pct_of_bw = 100.0 * row.gbps / fl["bw_gbps"]
         except Exception as e:  # an implementation that cannot run this case is reported, not fatal
             row.note = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
         rows.append(row)
-    # Round-robin repeats: a noisy moment (other tenants of a virtual machine, the allocator
-    # returning memory) then hits every implementation alike instead of one of them.
-    times = time_round_robin(runners, device, min_reps=3, budget_s=budget * max(1, len(runners)))
-    for row in rows:
-        if row.impl not in times:
-            continue
-        row.time_ms = times[row.impl] * 1e3
-        row.floor_ms = fl[mode] * 1e3
-        row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
-        row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
-        row.pct_of_bw = 100.0 * row.gbps / fl["bw_gbps"]
     by = {r.impl: r for r in rows}
     for r in rows:
         if r.time_ms is None:
