@@ -263,8 +263,7 @@ def test_cu130_wheel(workdir):
     if torch.version.cuda != "13.0":
         pytest.skip("the test environment's torch %s is not a CUDA 13.0 build: cannot build the cu130 wheel"
                     % torch.__version__)
-    if not list((ROOT / "csrc" / "cuda").glob("*.cu")):
-        pytest.skip("csrc/cuda/ has no .cu sources yet")
+    assert list((ROOT / "csrc" / "cuda").glob("*.cu")), "csrc/cuda/ has no .cu sources"
     cuobjdump = check_wheel.find_cuobjdump()
     assert cuobjdump, "cuobjdump not found: pip install nvidia-cuda-cuobjdump (needed to check the architectures)"
     wheel = build_wheel("cu130", workdir / "dist-cu130", TORCH_CUDA_ARCH_LIST=CU130_ARCHS, CUDA_HOME=CUDA_HOME)
