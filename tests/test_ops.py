@@ -37,7 +37,6 @@ def test_gradcheck_index(device, shape, weighted):
     x.requires_grad_()
     # both outputs: the loss and lse (whose gradient p_j goes through grad_lse)
     assert torch.autograd.gradcheck(lambda x: ops.cross_entropy_forward(x, t, w, ii, eps), (x,))
-    assert torch.autograd.gradgradcheck is not None
     for red in ["none", "mean", "sum"]:
         assert torch.autograd.gradcheck(
             lambda x: smoothing_ext.cross_entropy(x, t, weight=w, reduction=red, label_smoothing=eps), (x,)
