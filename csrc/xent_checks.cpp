@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+
 namespace smoothing_ext {
 
 namespace {
@@ -115,6 +117,49 @@ void check_backward_extras(const at::Tensor& grad_loss, const std::optional<at::
     TORCH_CHECK(grad_lse->device() == input.device(),
                 "smoothing_ext: grad_lse must be on the input's device ", input.device());
   }
+}
+
+double check_softcap(const std::optional<double>& softcap) {
+  if (!softcap.has_value()) return 0.0;
+  const double c = *softcap;
+  TORCH_CHECK_VALUE(std::isfinite(c) && c > 0.0, "smoothing_ext: softcap must be None or a finite number > 0, got ",
+                    c);
+  return c;
+}
+
+void check_fused_extras(double z_loss, const std::optional<at::Tensor>& grad_scale, const at::Tensor& input,
+                        bool inplace) {
+  TORCH_CHECK_VALUE(std::isfinite(z_loss) && z_loss >= 0.0, "smoothing_ext: z_loss must be a finite number >= 0, got ",
+                    z_loss);
+  if (grad_scale.has_value() && grad_scale->defined()) {
+    const at::Tensor& g = *grad_scale;
+    TORCH_CHECK_VALUE(g.numel() == 1 && at::isFloatingType(g.scalar_type()),
+                      "smoothing_ext: grad_scale must be a one-element floating-point tensor, got ", g.scalar_type(),
+                      " with shape ", g.sizes());
+    TORCH_CHECK(g.device() == input.device(), "smoothing_ext: grad_scale is on ", g.device(), " but input is on ",
+                input.device(), "; move both to the same device");
+  }
+  if (inplace) {
+    TORCH_CHECK_VALUE(input.is_contiguous(),
+                      "smoothing_ext: the in-place fused gradient is written over input, which must be contiguous; "
+                      "got input of shape ", input.sizes(), " with strides ", input.strides(),
+                      " (call .contiguous() first, or use the out-of-place form)");
+  }
+}
+
+XentShape check_scale_rows(const at::Tensor& grad, const at::Tensor& scale) {
+  check_input(grad);
+  TORCH_CHECK_VALUE(grad.is_contiguous(), "smoothing_ext: grad must be contiguous, got shape ", grad.sizes(),
+                    " with strides ", grad.strides());
+  XentShape s = shape_of(grad);
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), "smoothing_ext: scale must be floating point, got ",
+                   scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.numel() == 1 || scale.sizes() == c10::IntArrayRef(s.loss_sizes),
+                    "smoothing_ext: scale must have one element or shape ", c10::IntArrayRef(s.loss_sizes),
+                    " for grad of shape ", grad.sizes(), ", got ", scale.sizes());
+  TORCH_CHECK(scale.device() == grad.device(), "smoothing_ext: scale is on ", scale.device(), " but grad is on ",
+              grad.device(), "; move both to the same device");
+  return s;
 }
 
 at::Tensor index_target_as_int64(const at::Tensor& target) {

@@ -41,6 +41,18 @@ at::Tensor weight_as_acc(const std::optional<at::Tensor>& weight, at::ScalarType
 // that is N numbers, never N x C).
 at::Tensor grad_as_acc(const at::Tensor& grad, at::ScalarType acc);
 
+// softcap: absent, or a finite number > 0. Returns the cap, 0 when absent.
+double check_softcap(const std::optional<double>& softcap);
+
+// Extra arguments of the fused ops: z_loss finite and >= 0; grad_scale absent or a one-element
+// floating tensor on the input's device; for the in-place form, a contiguous input.
+void check_fused_extras(double z_loss, const std::optional<at::Tensor>& grad_scale, const at::Tensor& input,
+                        bool inplace);
+
+// _scale_grad_rows_: grad floating and contiguous; scale one element or the loss shape, on grad's
+// device. Returns grad's (N, C, S) view.
+XentShape check_scale_rows(const at::Tensor& grad, const at::Tensor& scale);
+
 // Raise the same IndexError as the CPU path for a target value outside [0, C).
 [[noreturn]] void throw_bad_target(int64_t value, int64_t position, const at::Tensor& input,
                                    const at::Tensor& target, int64_t ignore_index);

@@ -26,6 +26,8 @@ def _index_forward_fake(
     weight: Optional[torch.Tensor],
     ignore_index: int,
     label_smoothing: float,
+    off_target: bool = False,
+    softcap: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     shape = _loss_shape(input)
     acc = _acc_dtype(input.dtype)
@@ -38,6 +40,8 @@ def _prob_forward_fake(
     target: torch.Tensor,
     weight: Optional[torch.Tensor],
     label_smoothing: float,
+    off_target: bool = False,
+    softcap: Optional[float] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     shape = _loss_shape(input)
     acc = _acc_dtype(input.dtype)
@@ -54,6 +58,8 @@ def _index_backward_fake(
     lse: torch.Tensor,
     ignore_index: int,
     label_smoothing: float,
+    off_target: bool = False,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     return torch.empty_like(input, memory_format=torch.contiguous_format)
 
@@ -67,5 +73,47 @@ def _prob_backward_fake(
     weight: Optional[torch.Tensor],
     lse: torch.Tensor,
     label_smoothing: float,
+    off_target: bool = False,
+    softcap: Optional[float] = None,
 ) -> torch.Tensor:
     return torch.empty_like(input, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("smoothing_ext::cross_entropy_fused")
+def _fused_fake(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    off_target: bool,
+    softcap: Optional[float],
+    z_loss: float,
+    grad_scale: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shape = _loss_shape(input)
+    acc = _acc_dtype(input.dtype)
+    grad = torch.empty_like(input, memory_format=torch.contiguous_format)
+    return input.new_empty(shape, dtype=acc), input.new_empty(shape, dtype=acc), grad
+
+
+@torch.library.register_fake("smoothing_ext::cross_entropy_fused_")
+def _fused_inplace_fake(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: Optional[torch.Tensor],
+    ignore_index: int,
+    label_smoothing: float,
+    off_target: bool,
+    softcap: Optional[float],
+    z_loss: float,
+    grad_scale: Optional[torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = _loss_shape(input)
+    acc = _acc_dtype(input.dtype)
+    return input.new_empty(shape, dtype=acc), input.new_empty(shape, dtype=acc)
+
+
+@torch.library.register_fake("smoothing_ext::_scale_grad_rows_")
+def _scale_grad_rows_fake(grad: torch.Tensor, scale: torch.Tensor) -> None:
+    return None

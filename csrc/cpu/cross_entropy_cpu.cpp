@@ -82,8 +82,8 @@ at::Tensor empty_like_grad(const at::Tensor& input) {
   return at::empty(input.sizes(), opts);
 }
 
-void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const XentShape& sh,
-                 double eps) {
+void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const XentShape& sh, double eps,
+                 bool off_target, const std::optional<double>& softcap) {
   a.dtype = x.scalar_type();
   a.input = x.const_data_ptr();
   a.weight = w.defined() ? w.const_data_ptr() : nullptr;
@@ -91,9 +91,65 @@ void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const Xe
   a.N = sh.N;
   a.C = sh.C;
   a.S = sh.S;
-  const auto c = uniform_coefs<double>(eps, sh.C);
+  const auto c = smooth_coefs<double>(eps, sh.C, off_target);
   a.on = c.on;
   a.off = c.off;
+  a.softcap = check_softcap(softcap);
+  a.grad_scale = 1.0;
+}
+
+// The backward ops' upstream gradients and saved lse, converted to the accumulation dtype.
+struct BackwardInputs {
+  at::Tensor g, gl, l;
+};
+
+BackwardInputs backward_inputs(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
+                               const at::Tensor& lse, at::ScalarType acc, XentArgs& a) {
+  BackwardInputs b;
+  b.g = grad_as_acc(grad_loss, acc);
+  b.gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_as_acc(*grad_lse, acc) : at::Tensor();
+  b.l = grad_as_acc(lse, acc);
+  a.grad_loss = b.g.const_data_ptr();
+  a.grad_lse = b.gl.defined() ? b.gl.const_data_ptr() : nullptr;
+  a.lse_in = b.l.const_data_ptr();
+  return b;
+}
+
+// Shared by both fused ops: checks, then loss/lse and the gradient written to `grad`.
+std::tuple<at::Tensor, at::Tensor> fused_into(const at::Tensor& input, const at::Tensor& target,
+                                              const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                              double label_smoothing, bool off_target,
+                                              const std::optional<double>& softcap, double z_loss,
+                                              const std::optional<at::Tensor>& grad_scale, bool inplace,
+                                              const std::optional<at::Tensor>& out_grad) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  check_fused_extras(z_loss, grad_scale, input, inplace);
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (input.numel() == 0) return {loss, lse};
+  const at::Tensor t = index_target_as_int64(target);
+  // Targets are checked before anything is computed: the in-place form must not have overwritten
+  // the logits by the time it raises.
+  {
+    const int64_t* tp = t.const_data_ptr<int64_t>();
+    for (int64_t i = 0, n = t.numel(); i < n; ++i) {
+      if (tp[i] != ignore_index && (tp[i] < 0 || tp[i] >= sh.C)) throw_bad_target(tp[i], i, input, target, ignore_index);
+    }
+  }
+  const at::Tensor x = inplace ? input : input.contiguous();
+  const at::Tensor w = weight_as_acc(weight, acc);
+  XentArgs a{};
+  fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
+  a.target = t.const_data_ptr();
+  a.ignore_index = ignore_index;
+  a.loss = loss.mutable_data_ptr();
+  a.lse = lse.mutable_data_ptr();
+  a.z_loss = z_loss;
+  if (grad_scale.has_value() && grad_scale->defined()) a.grad_scale = grad_scale->item<double>();
+  a.grad_input = inplace ? input.mutable_data_ptr() : out_grad->mutable_data_ptr();
+  active_kernels().index_fused(a);
+  return {loss, lse};
 }
 
 }  // namespace
@@ -105,8 +161,10 @@ const KernelTable& active_kernels() {
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& input, const at::Tensor& target,
                                                              const std::optional<at::Tensor>& weight,
-                                                             int64_t ignore_index, double label_smoothing) {
+                                                             int64_t ignore_index, double label_smoothing,
+                                                             bool off_target, std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  check_softcap(softcap);
   const auto acc = acc_dtype(input.scalar_type());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
@@ -115,7 +173,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& i
   const at::Tensor t = index_target_as_int64(target);
   const at::Tensor w = weight_as_acc(weight, acc);
   XentArgs a{};
-  fill_common(a, x, w, sh, label_smoothing);
+  fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
   a.target = t.const_data_ptr();
   a.ignore_index = ignore_index;
   a.loss = loss.mutable_data_ptr();
@@ -128,8 +186,10 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& i
 at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
                                       const at::Tensor& input, const at::Tensor& target,
                                       const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                      int64_t ignore_index, double label_smoothing) {
+                                      int64_t ignore_index, double label_smoothing, bool off_target,
+                                      std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  check_softcap(softcap);
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
   at::Tensor grad = empty_like_grad(input);
   if (grad.numel() == 0) return grad;
@@ -137,16 +197,11 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::op
   const at::Tensor x = input.contiguous();
   const at::Tensor t = index_target_as_int64(target);
   const at::Tensor w = weight_as_acc(weight, acc);
-  const at::Tensor g = grad_as_acc(grad_loss, acc);
-  const at::Tensor gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_as_acc(*grad_lse, acc) : at::Tensor();
-  const at::Tensor l = grad_as_acc(lse, acc);
   XentArgs a{};
-  fill_common(a, x, w, sh, label_smoothing);
+  fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
+  const BackwardInputs keep = backward_inputs(grad_loss, grad_lse, lse, acc, a);
   a.target = t.const_data_ptr();
   a.ignore_index = ignore_index;
-  a.grad_loss = g.const_data_ptr();
-  a.grad_lse = gl.defined() ? gl.const_data_ptr() : nullptr;
-  a.lse_in = l.const_data_ptr();
   a.grad_input = grad.mutable_data_ptr();
   active_kernels().index_backward(a);
   return grad;
@@ -154,8 +209,10 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::op
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tensor& input, const at::Tensor& target,
                                                                   const std::optional<at::Tensor>& weight,
-                                                                  double label_smoothing) {
+                                                                  double label_smoothing, bool off_target,
+                                                                  std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  check_softcap(softcap);
   const auto acc = acc_dtype(input.scalar_type());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
@@ -164,7 +221,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tens
   const at::Tensor y = target.to(input.scalar_type()).contiguous();
   const at::Tensor w = weight_as_acc(weight, acc);
   XentArgs a{};
-  fill_common(a, x, w, sh, label_smoothing);
+  fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
   a.target = y.const_data_ptr();
   a.loss = loss.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr();
@@ -175,8 +232,9 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tens
 at::Tensor cross_entropy_prob_backward_cpu(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
                                            const at::Tensor& input, const at::Tensor& target,
                                            const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                           double label_smoothing) {
+                                           double label_smoothing, bool off_target, std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
+  check_softcap(softcap);
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
   at::Tensor grad = empty_like_grad(input);
   if (grad.numel() == 0) return grad;
@@ -184,18 +242,46 @@ at::Tensor cross_entropy_prob_backward_cpu(const at::Tensor& grad_loss, const st
   const at::Tensor x = input.contiguous();
   const at::Tensor y = target.to(input.scalar_type()).contiguous();
   const at::Tensor w = weight_as_acc(weight, acc);
-  const at::Tensor g = grad_as_acc(grad_loss, acc);
-  const at::Tensor gl = (grad_lse.has_value() && grad_lse->defined()) ? grad_as_acc(*grad_lse, acc) : at::Tensor();
-  const at::Tensor l = grad_as_acc(lse, acc);
   XentArgs a{};
-  fill_common(a, x, w, sh, label_smoothing);
+  fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
+  const BackwardInputs keep = backward_inputs(grad_loss, grad_lse, lse, acc, a);
   a.target = y.const_data_ptr();
-  a.grad_loss = g.const_data_ptr();
-  a.grad_lse = gl.defined() ? gl.const_data_ptr() : nullptr;
-  a.lse_in = l.const_data_ptr();
   a.grad_input = grad.mutable_data_ptr();
   active_kernels().prob_backward(a);
   return grad;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fused_cpu(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+    int64_t ignore_index, double label_smoothing, bool off_target, std::optional<double> softcap, double z_loss,
+    const std::optional<at::Tensor>& grad_scale) {
+  at::Tensor grad = empty_like_grad(input);
+  auto [loss, lse] = fused_into(input, target, weight, ignore_index, label_smoothing, off_target, softcap, z_loss,
+                                grad_scale, /*inplace=*/false, grad);
+  return {loss, lse, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_fused_inplace_cpu(
+    at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
+    double label_smoothing, bool off_target, std::optional<double> softcap, double z_loss,
+    const std::optional<at::Tensor>& grad_scale) {
+  return fused_into(input, target, weight, ignore_index, label_smoothing, off_target, softcap, z_loss, grad_scale,
+                    /*inplace=*/true, std::nullopt);
+}
+
+void scale_grad_rows_cpu(at::Tensor& grad, const at::Tensor& scale) {
+  const XentShape sh = check_scale_rows(grad, scale);
+  if (grad.numel() == 0) return;
+  const at::Tensor f = grad_as_acc(scale, acc_dtype(grad.scalar_type()));
+  XentArgs a{};
+  a.dtype = grad.scalar_type();
+  a.N = sh.N;
+  a.C = sh.C;
+  a.S = sh.S;
+  a.grad_input = grad.mutable_data_ptr();
+  a.grad_loss = f.const_data_ptr();
+  a.scale_numel = f.numel();
+  active_kernels().scale_rows(a);
 }
 
 }  // namespace smoothing_ext::cpu
@@ -210,4 +296,7 @@ TORCH_LIBRARY_IMPL(smoothing_ext, CPU, m) {
   m.impl("_cross_entropy_backward", &smoothing_ext::cpu::cross_entropy_backward_cpu);
   m.impl("cross_entropy_prob_forward", &smoothing_ext::cpu::cross_entropy_prob_forward_cpu);
   m.impl("_cross_entropy_prob_backward", &smoothing_ext::cpu::cross_entropy_prob_backward_cpu);
+  m.impl("cross_entropy_fused", &smoothing_ext::cpu::cross_entropy_fused_cpu);
+  m.impl("cross_entropy_fused_", &smoothing_ext::cpu::cross_entropy_fused_inplace_cpu);
+  m.impl("_scale_grad_rows_", &smoothing_ext::cpu::scale_grad_rows_cpu);
 }

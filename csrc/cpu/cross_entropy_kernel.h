@@ -22,6 +22,10 @@ struct XentArgs {
   int64_t N, C, S;
   int64_t ignore_index;
   double on, off;            // smoothed target q_j = on [j == t] + off (index) / on y_j + off (prob)
+  double softcap;            // > 0: logits are capped to softcap * tanh(x / softcap); 0: off
+  // fused forward+backward: gradient of loss_i + z_loss lse_i^2 (non-ignored rows), times grad_scale
+  double z_loss;
+  double grad_scale;
   // forward outputs, acc dtype (N, S)
   void* loss;
   void* lse;
@@ -29,7 +33,8 @@ struct XentArgs {
   const void* grad_loss;
   const void* grad_lse;
   const void* lse_in;
-  void* grad_input;
+  void* grad_input;          // may be `input` itself (fused, in place)
+  int64_t scale_numel;       // _scale_grad_rows_: grad_loss holds 1 or N * S factors
 };
 
 struct KernelTable {
@@ -40,6 +45,10 @@ struct KernelTable {
   void (*index_backward)(const XentArgs&);
   void (*prob_forward)(const XentArgs&);
   void (*prob_backward)(const XentArgs&);
+  // forward + gradient in one pass (index targets); targets were checked by the caller
+  void (*index_fused)(const XentArgs&);
+  // grad_input[n, :, s] *= grad_loss[n * S + s] (or grad_loss[0]); rows with factor 1 untouched
+  void (*scale_rows)(const XentArgs&);
 };
 
 KernelTable kernels_default();

@@ -11,6 +11,8 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <memory>
+
 #include <smoothing_ext/xent_math.h>
 
 #include "cross_entropy_kernel.h"
@@ -137,6 +139,9 @@ inline void vstore1(scalar_t* p, const Vectorized<acc_t>& a) {
 // Spatial positions processed together on the strided (N, C, d1..dk) path.
 constexpr int64_t kLanes = 256;
 
+// Largest row whose exps the fused kernel keeps (4 MiB of float per task); longer rows recompute.
+constexpr int64_t kKeepMaxClasses = int64_t(1) << 20;
+
 template <typename acc_t>
 inline acc_t hsum(const Vectorized<acc_t>& v) {
   alignas(64) acc_t buf[Vectorized<acc_t>::size()];
@@ -165,12 +170,47 @@ inline acc_t scalar_exp(acc_t v) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Logit loading policies. Every logit goes through `load`/`at` on its way in; with soft-capping
+// that is y = c tanh(x / c), and every gradient element goes out through `out` (times dy/dx).
+// Compile-time, so that the uncapped kernels are unchanged.
+// ---------------------------------------------------------------------------------------------
+template <typename acc_t>
+struct NoCap {
+  static constexpr bool kOn = false;
+  template <typename scalar_t>
+  Vectorized<acc_t> load(const scalar_t* p) const {
+    return vload<scalar_t, acc_t>(p);
+  }
+  acc_t at(acc_t v) const { return v; }
+  Vectorized<acc_t> out(const Vectorized<acc_t>& g, const Vectorized<acc_t>&) const { return g; }
+  acc_t out1(acc_t g, acc_t) const { return g; }
+};
+
+template <typename acc_t>
+struct SoftCap {
+  static constexpr bool kOn = true;
+  acc_t c;
+  template <typename scalar_t>
+  Vectorized<acc_t> load(const scalar_t* p) const {
+    const Vectorized<acc_t> vc(c);
+    return (vload<scalar_t, acc_t>(p) / vc).tanh() * vc;
+  }
+  acc_t at(acc_t v) const { return softcap_apply(v, c); }
+  // g * (1 - (y / c)^2), y the capped logit
+  Vectorized<acc_t> out(const Vectorized<acc_t>& g, const Vectorized<acc_t>& y) const {
+    const Vectorized<acc_t> r = y / Vectorized<acc_t>(c);
+    return g * (Vectorized<acc_t>(acc_t(1)) - r * r);
+  }
+  acc_t out1(acc_t g, acc_t y) const { return g * softcap_slope(y, c); }
+};
+
+// ---------------------------------------------------------------------------------------------
 // per-row building blocks, contiguous rows (S == 1)
 // ---------------------------------------------------------------------------------------------
 
 // max_j x_j and sum_j w_j x_j (w == nullptr: sum_j x_j)
-template <typename scalar_t, typename acc_t>
-inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_out, acc_t& s_out) {
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, const Cap& cap, acc_t& m_out, acc_t& s_out) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
@@ -178,7 +218,7 @@ inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_o
   int64_t j = 0;
   if (w == nullptr) {
     for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      const V a = cap.load(x + j), b = cap.load(x + j + K);
       m0 = vmax(m0, a);
       m1 = vmax(m1, b);
       s0 = s0 + a;
@@ -186,7 +226,7 @@ inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_o
     }
   } else {
     for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      const V a = cap.load(x + j), b = cap.load(x + j + K);
       m0 = vmax(m0, a);
       m1 = vmax(m1, b);
       s0 = at::vec::fmadd(a, V::loadu(w + j), s0);
@@ -196,7 +236,7 @@ inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_o
   acc_t m = hmax(vmax(m0, m1));
   acc_t s = hsum(s0 + s1);
   for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j]);
+    const acc_t v = cap.at(static_cast<acc_t>(x[j]));
     m = v > m ? v : m;
     s += w == nullptr ? v : w[j] * v;
   }
@@ -205,15 +245,15 @@ inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, acc_t& m_o
 }
 
 // Number of x_j equal to m, and the sum of exp(x_j - m) over the others (see lse_from_parts).
-template <typename scalar_t, typename acc_t>
-inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, acc_t& cnt_out, acc_t& rest_out) {
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, const Cap& cap, acc_t& cnt_out, acc_t& rest_out) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   const V vm(m), zero(acc_t(0)), one(acc_t(1));
   V r0(acc_t(0)), r1(acc_t(0)), c0(acc_t(0)), c1(acc_t(0));
   int64_t j = 0;
   for (; j + 2 * K <= C; j += 2 * K) {
-    const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+    const V a = cap.load(x + j), b = cap.load(x + j + K);
     const V ea = fast_exp(a - vm), eb = fast_exp(b - vm);
     const V qa = (a == vm), qb = (b == vm);
     r0 = r0 + V::blendv(ea, zero, qa);
@@ -224,7 +264,7 @@ inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, acc_t& cnt_out, ac
   acc_t rest = hsum(r0 + r1);
   acc_t cnt = hsum(c0 + c1);
   for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j]);
+    const acc_t v = cap.at(static_cast<acc_t>(x[j]));
     if (v == m) {
       cnt += acc_t(1);
     } else {
@@ -235,10 +275,69 @@ inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, acc_t& cnt_out, ac
   rest_out = rest;
 }
 
-// grad_j = A exp(x_j - lse) - B w_j  (w == nullptr: - B)
+// row_sumexp that also keeps e_j = exp(x_j - m) (exactly 1 at the maximum) in `e`, so that the
+// fused gradient needs no second exp: p_j = e_j exp(m - lse). Uncapped logits only.
 template <typename scalar_t, typename acc_t>
+inline void row_sumexp_keep(const scalar_t* x, int64_t C, acc_t m, acc_t* e, acc_t& cnt_out, acc_t& rest_out) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const V vm(m), zero(acc_t(0)), one(acc_t(1));
+  V r0(acc_t(0)), r1(acc_t(0)), c0(acc_t(0)), c1(acc_t(0));
+  int64_t j = 0;
+  for (; j + 2 * K <= C; j += 2 * K) {
+    const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+    const V qa = (a == vm), qb = (b == vm);
+    const V ea = V::blendv(fast_exp(a - vm), zero, qa), eb = V::blendv(fast_exp(b - vm), zero, qb);
+    r0 = r0 + ea;
+    r1 = r1 + eb;
+    const V ca = V::blendv(zero, one, qa), cb = V::blendv(zero, one, qb);
+    c0 = c0 + ca;
+    c1 = c1 + cb;
+    (ea + ca).store(e + j);
+    (eb + cb).store(e + j + K);
+  }
+  acc_t rest = hsum(r0 + r1);
+  acc_t cnt = hsum(c0 + c1);
+  for (; j < C; ++j) {
+    const acc_t v = static_cast<acc_t>(x[j]);
+    if (v == m) {
+      cnt += acc_t(1);
+      e[j] = acc_t(1);
+    } else {
+      e[j] = scalar_exp(v - m);
+      rest += e[j];
+    }
+  }
+  cnt_out = cnt;
+  rest_out = rest;
+}
+
+// grad_j = A e_j f - B w_j from the kept e_j (see row_sumexp_keep), f = exp(m - lse).
+template <typename scalar_t, typename acc_t>
+inline void row_grad_kept(const acc_t* e, scalar_t* gx, int64_t C, acc_t f, acc_t A, acc_t B, const acc_t* w) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const V vaf(A * f), vb(B);
+  int64_t j = 0;
+  if (w == nullptr) {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(vaf, V::loadu(e + j), vb),
+                               at::vec::fmsub(vaf, V::loadu(e + j + K), vb));
+    }
+  } else {
+    for (; j + 2 * K <= C; j += 2 * K) {
+      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(vaf, V::loadu(e + j), vb * V::loadu(w + j)),
+                               at::vec::fmsub(vaf, V::loadu(e + j + K), vb * V::loadu(w + j + K)));
+    }
+  }
+  for (; j < C; ++j) gx[j] = static_cast<scalar_t>(A * f * e[j] - B * (w == nullptr ? acc_t(1) : w[j]));
+}
+
+// grad_j = A exp(x_j - lse) - B w_j  (w == nullptr: - B). `gx` may be `x` (in place): each
+// element is read before it is written.
+template <typename scalar_t, typename acc_t, typename Cap>
 inline void row_grad(const scalar_t* x, scalar_t* gx, int64_t C, acc_t lse, acc_t A, acc_t B,
-                     const acc_t* w) {
+                     const acc_t* w, const Cap& cap) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   if (A == acc_t(0) && B == acc_t(0)) {
@@ -249,20 +348,20 @@ inline void row_grad(const scalar_t* x, scalar_t* gx, int64_t C, acc_t lse, acc_
   int64_t j = 0;
   if (w == nullptr) {
     for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
-      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(va, fast_exp(a - vl), vb),
-                               at::vec::fmsub(va, fast_exp(b - vl), vb));
+      const V a = cap.load(x + j), b = cap.load(x + j + K);
+      vstore2<scalar_t, acc_t>(gx + j, cap.out(at::vec::fmsub(va, fast_exp(a - vl), vb), a),
+                               cap.out(at::vec::fmsub(va, fast_exp(b - vl), vb), b));
     }
   } else {
     for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
-      vstore2<scalar_t, acc_t>(gx + j, at::vec::fmsub(va, fast_exp(a - vl), vb * V::loadu(w + j)),
-                               at::vec::fmsub(va, fast_exp(b - vl), vb * V::loadu(w + j + K)));
+      const V a = cap.load(x + j), b = cap.load(x + j + K);
+      vstore2<scalar_t, acc_t>(gx + j, cap.out(at::vec::fmsub(va, fast_exp(a - vl), vb * V::loadu(w + j)), a),
+                               cap.out(at::vec::fmsub(va, fast_exp(b - vl), vb * V::loadu(w + j + K)), b));
     }
   }
   for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j]);
-    gx[j] = static_cast<scalar_t>(A * scalar_exp(v - lse) - B * (w == nullptr ? acc_t(1) : w[j]));
+    const acc_t v = cap.at(static_cast<acc_t>(x[j]));
+    gx[j] = static_cast<scalar_t>(cap.out1(A * scalar_exp(v - lse) - B * (w == nullptr ? acc_t(1) : w[j]), v));
   }
 }
 
@@ -281,106 +380,230 @@ inline int64_t grain_rows(int64_t C) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(C, 1));
 }
 
-template <typename scalar_t, typename acc_t>
-int64_t index_forward_impl(const XentArgs& a) {
+// Gradient of one contiguous row with upstream gradients g (loss) and gl (lse):
+// grad_j = A p_j - B w_j, then the target class exactly (see index_target_grad). x_t is the
+// (capped) target logit, read by the caller before anything was written: `gr` may be `xr`.
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void index_row_backward(const scalar_t* xr, scalar_t* gr, int64_t C, int64_t t, bool has_t, acc_t x_t,
+                               acc_t lse, acc_t g, acc_t gl, const acc_t* w, acc_t W, SmoothCoefs<acc_t> c,
+                               const Cap& cap) {
+  if (!has_t) {
+    row_grad<scalar_t, acc_t>(xr, gr, C, lse, gl, acc_t(0), w, cap);
+    return;
+  }
+  const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+  row_grad<scalar_t, acc_t>(xr, gr, C, lse, g * index_p_coef(w_t, W, c) + gl, g * c.off, w, cap);
+  acc_t v = g * index_target_grad(x_t, lse, w_t, W, c);
+  if (gl != acc_t(0)) v += gl * scalar_exp(x_t - lse);
+  gr[t] = static_cast<scalar_t>(cap.out1(v, x_t));
+}
+
+// Statistics of the strided rows of one chunk: L consecutive spatial positions of one sample,
+// rows strided by S. Each class j contributes one contiguous run of the chunk, so every pass
+// streams C runs of contiguous memory (no gathers, few pages), and the per-row state lives in
+// small arrays in L1. Out: Lse[b], Sm[b] = sum_j w_j x_j.
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void chunk_stats(const scalar_t* xb, int64_t C, int64_t S, int64_t L, const acc_t* w, const Cap& cap,
+                        acc_t* Lse, acc_t* Sm) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const int64_t Lv = L - L % K;
+  alignas(64) acc_t M[kLanes], Cn[kLanes];
+  acc_t* R = Lse;
+  const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  std::fill(M, M + L, ninf);
+  std::fill(Sm, Sm + L, acc_t(0));
+  std::fill(R, R + L, acc_t(0));
+  std::fill(Cn, Cn + L, acc_t(0));
+  for (int64_t j = 0; j < C; ++j) {
+    const scalar_t* xr = xb + j * S;
+    const acc_t wj = w == nullptr ? acc_t(1) : w[j];
+    const V vw(wj);
+    for (int64_t b = 0; b < Lv; b += K) {
+      const V v = cap.load(xr + b);
+      vmax(V::loadu(M + b), v).store(M + b);
+      (w == nullptr ? V::loadu(Sm + b) + v : at::vec::fmadd(v, vw, V::loadu(Sm + b))).store(Sm + b);
+    }
+    for (int64_t b = Lv; b < L; ++b) {
+      const acc_t v = cap.at(static_cast<acc_t>(xr[b]));
+      M[b] = v > M[b] ? v : M[b];
+      Sm[b] += wj * v;
+    }
+  }
+  const V zero(acc_t(0)), one(acc_t(1));
+  for (int64_t j = 0; j < C; ++j) {
+    const scalar_t* xr = xb + j * S;
+    for (int64_t b = 0; b < Lv; b += K) {
+      const V v = cap.load(xr + b);
+      const V vm = V::loadu(M + b);
+      const V q = (v == vm);
+      (V::loadu(R + b) + V::blendv(fast_exp(v - vm), zero, q)).store(R + b);
+      (V::loadu(Cn + b) + V::blendv(zero, one, q)).store(Cn + b);
+    }
+    for (int64_t b = Lv; b < L; ++b) {
+      const acc_t v = cap.at(static_cast<acc_t>(xr[b]));
+      if (v == M[b]) Cn[b] += acc_t(1); else R[b] += scalar_exp(v - M[b]);
+    }
+  }
+  // lse of the chunk's rows, vectorized: with few classes a scalar log1p per row would cost
+  // as much as the passes over the logits.
+  for (int64_t b = 0; b < Lv; b += K) {
+    const V lse = V::loadu(M + b) + ((V::loadu(Cn + b) - one) + V::loadu(R + b)).log1p();
+    lse.store(R + b);
+  }
+  for (int64_t b = Lv; b < L; ++b) R[b] = lse_from_parts(M[b], Cn[b], R[b]);
+}
+
+// Gradient of the strided rows of one chunk (see chunk_stats). Per lane b: target tb[b] (used when
+// has_t[b]), capped target logit Xt[b] (read by the caller before anything was written: `gb` may
+// be `xb`), lse La[b], upstream gradients G[b] (loss) and GL[b] (lse).
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void chunk_backward(const scalar_t* xb, scalar_t* gb, int64_t C, int64_t S, int64_t L, const int64_t* tb,
+                           const bool* has_t, const acc_t* Xt, const acc_t* La, const acc_t* G, const acc_t* GL,
+                           const acc_t* w, acc_t W, SmoothCoefs<acc_t> c, const Cap& cap) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  const int64_t Lv = L - L % K;
+  alignas(64) acc_t Aa[kLanes], Ba[kLanes], D[kLanes];
+  for (int64_t b = 0; b < L; ++b) {
+    if (!has_t[b]) {
+      Aa[b] = GL[b];
+      Ba[b] = acc_t(0);
+    } else {
+      const acc_t w_t = w == nullptr ? acc_t(1) : w[tb[b]];
+      Aa[b] = G[b] * index_p_coef(w_t, W, c) + GL[b];
+      Ba[b] = G[b] * c.off;
+    }
+  }
+  for (int64_t j = 0; j < C; ++j) {
+    const scalar_t* xr = xb + j * S;
+    scalar_t* gr = gb + j * S;
+    const acc_t wj = w == nullptr ? acc_t(1) : w[j];
+    const V vw(wj);
+    for (int64_t b = 0; b < Lv; b += K) {
+      const V v = cap.load(xr + b);
+      const V g = at::vec::fmsub(V::loadu(Aa + b), fast_exp(v - V::loadu(La + b)), V::loadu(Ba + b) * vw);
+      vstore1<scalar_t, acc_t>(gr + b, cap.out(g, v));
+    }
+    for (int64_t b = Lv; b < L; ++b) {
+      const acc_t v = cap.at(static_cast<acc_t>(xr[b]));
+      gr[b] = static_cast<scalar_t>(cap.out1(Aa[b] * scalar_exp(v - La[b]) - Ba[b] * wj, v));
+    }
+  }
+  // target class: on * w_t * expm1(x_t - lse) + off * (W p_t - w_t) (+ gl p_t), the expm1
+  // vectorized over the chunk (see index_target_grad)
+  for (int64_t b = 0; b < L; ++b) D[b] = has_t[b] ? Xt[b] - La[b] : acc_t(0);
+  for (int64_t b = 0; b < Lv; b += K) V::loadu(D + b).expm1().store(D + b);
+  for (int64_t b = Lv; b < L; ++b) D[b] = se_expm1(D[b]);
+  for (int64_t b = 0; b < L; ++b) {
+    if (!has_t[b]) continue;
+    const int64_t t = tb[b];
+    const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+    const acc_t pm1 = D[b];
+    acc_t v = G[b] * c.on * w_t * pm1;
+    if (c.off != acc_t(0)) v += G[b] * c.off * (W * (pm1 + acc_t(1)) - w_t);
+    v += GL[b] * (pm1 + acc_t(1));
+    gb[t * S + b] = static_cast<scalar_t>(cap.out1(v, Xt[b]));
+  }
+}
+
+// Forward of the index-target rows; with kFused also the gradient (upstream gradient s on the
+// loss and s * 2 z lse on lse, i.e. d(loss + z lse^2) / dx times s) in the same pass, written to
+// a.grad_input (which may be the input: each row is read completely before it is written).
+template <typename scalar_t, typename acc_t, bool kFused, typename Cap>
+int64_t index_forward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
   const int64_t* tgt = static_cast<const int64_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
   acc_t* loss = static_cast<acc_t*>(a.loss);
   acc_t* lse_out = static_cast<acc_t*>(a.lse);
+  scalar_t* gx = static_cast<scalar_t*>(a.grad_input);
   const int64_t C = a.C, S = a.S;
   const acc_t W = static_cast<acc_t>(a.weight_sum);
   const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
+  const acc_t gs = static_cast<acc_t>(a.grad_scale), z2 = static_cast<acc_t>(2.0 * a.z_loss);
   const acc_t nan = std::numeric_limits<acc_t>::quiet_NaN();
   std::atomic<int64_t> first_bad{std::numeric_limits<int64_t>::max()};
 
-  // Finishes row `pos` (flat n * S + s) from its statistics.
-  auto finish = [&](int64_t pos, acc_t lse, acc_t sum_wx, acc_t x_t_or_nan, int64_t t) {
+  // Finishes row `pos` (flat n * S + s) from its statistics; returns whether it has a target.
+  auto finish = [&](int64_t pos, acc_t lse, acc_t sum_wx, acc_t x_t_or_nan, int64_t t) -> bool {
     lse_out[pos] = lse;
     if (t == a.ignore_index) {
       loss[pos] = acc_t(0);
-    } else if (t < 0 || t >= C) {
+      return false;
+    }
+    if (t < 0 || t >= C) {
       loss[pos] = nan;
       record_bad(first_bad, pos);
-    } else {
-      const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
-      loss[pos] = index_row_loss(lse, x_t_or_nan, sum_wx, w_t, W, c);
+      return false;
     }
+    const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+    loss[pos] = index_row_loss(lse, x_t_or_nan, sum_wx, w_t, W, c);
+    return true;
   };
 
   if (S == 1) {
+    // Fused, uncapped: the exps of the sum are kept in a per-task row buffer (L2-sized for common
+    // vocabularies) and reused for the gradient, so each logit costs one exp instead of two.
+    constexpr bool kKeep = kFused && !Cap::kOn;
+    const bool keep = kKeep && C <= kKeepMaxClasses;
     at::parallel_for(0, a.N, grain_rows(C), [&](int64_t begin, int64_t end) {
+      std::unique_ptr<acc_t[]> e_buf(keep ? new acc_t[C] : nullptr);
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* xr = x + n * C;
         const int64_t t = tgt[n];
         acc_t m, s, cnt, rest;
-        row_max_sum<scalar_t, acc_t>(xr, C, w, m, s);
-        row_sumexp<scalar_t, acc_t>(xr, C, m, cnt, rest);
-        const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xr[t]) : nan;
-        finish(n, lse_from_parts(m, cnt, rest), s, x_t, t);
+        row_max_sum<scalar_t, acc_t>(xr, C, w, cap, m, s);
+        if (keep) {
+          row_sumexp_keep<scalar_t, acc_t>(xr, C, m, e_buf.get(), cnt, rest);
+        } else {
+          row_sumexp<scalar_t, acc_t>(xr, C, m, cap, cnt, rest);
+        }
+        const acc_t x_t = (t >= 0 && t < C) ? cap.at(static_cast<acc_t>(xr[t])) : nan;
+        const acc_t lse = lse_from_parts(m, cnt, rest);
+        const bool has_t = finish(n, lse, s, x_t, t);
+        if constexpr (kFused) {
+          const acc_t gl = has_t ? gs * z2 * lse : acc_t(0);
+          if (keep) {
+            scalar_t* gr = gx + n * C;
+            const acc_t f = scalar_exp(m - lse);
+            if (!has_t) {
+              row_grad_kept<scalar_t, acc_t>(e_buf.get(), gr, C, f, gl, acc_t(0), w);
+            } else {
+              const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
+              row_grad_kept<scalar_t, acc_t>(e_buf.get(), gr, C, f, gs * index_p_coef(w_t, W, c) + gl, gs * c.off, w);
+              acc_t v = gs * index_target_grad(x_t, lse, w_t, W, c);
+              if (gl != acc_t(0)) v += gl * scalar_exp(x_t - lse);
+              gr[t] = static_cast<scalar_t>(v);
+            }
+          } else {
+            index_row_backward<scalar_t, acc_t>(xr, gx + n * C, C, t, has_t, x_t, lse, gs, gl, w, W, c, cap);
+          }
+        }
       }
     });
   } else {
-    // Strided rows: a chunk of up to kLanes consecutive spatial positions of one sample is one
-    // set of rows. Each class j contributes one contiguous run of the chunk, so every pass streams
-    // C runs of contiguous memory (no gathers, few pages), and the per-row state lives in small
-    // arrays in L1.
-    using V = Vectorized<acc_t>;
-    constexpr int64_t K = V::size();
     const int64_t chunks = (S + kLanes - 1) / kLanes;
     at::parallel_for(0, a.N * chunks, std::max<int64_t>(1, grain_rows(C) / kLanes), [&](int64_t begin, int64_t end) {
-      alignas(64) acc_t M[kLanes], Sm[kLanes], R[kLanes], Cn[kLanes];
-      const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+      alignas(64) acc_t Lse[kLanes], Sm[kLanes], Xt[kLanes], G[kLanes], GL[kLanes];
+      bool has_t[kLanes];
       for (int64_t nc = begin; nc < end; ++nc) {
         const int64_t n = nc / chunks, s0 = (nc % chunks) * kLanes;
-        const int64_t L = std::min<int64_t>(kLanes, S - s0), Lv = L - L % K;
+        const int64_t L = std::min<int64_t>(kLanes, S - s0);
         const scalar_t* xb = x + n * C * S + s0;
-        std::fill(M, M + L, ninf);
-        std::fill(Sm, Sm + L, acc_t(0));
-        std::fill(R, R + L, acc_t(0));
-        std::fill(Cn, Cn + L, acc_t(0));
-        for (int64_t j = 0; j < C; ++j) {
-          const scalar_t* xr = xb + j * S;
-          const acc_t wj = w == nullptr ? acc_t(1) : w[j];
-          const V vw(wj);
-          for (int64_t b = 0; b < Lv; b += K) {
-            const V v = vload<scalar_t, acc_t>(xr + b);
-            vmax(V::loadu(M + b), v).store(M + b);
-            (w == nullptr ? V::loadu(Sm + b) + v : at::vec::fmadd(v, vw, V::loadu(Sm + b))).store(Sm + b);
-          }
-          for (int64_t b = Lv; b < L; ++b) {
-            const acc_t v = static_cast<acc_t>(xr[b]);
-            M[b] = v > M[b] ? v : M[b];
-            Sm[b] += wj * v;
-          }
-        }
-        const V zero(acc_t(0)), one(acc_t(1));
-        for (int64_t j = 0; j < C; ++j) {
-          const scalar_t* xr = xb + j * S;
-          for (int64_t b = 0; b < Lv; b += K) {
-            const V v = vload<scalar_t, acc_t>(xr + b);
-            const V vm = V::loadu(M + b);
-            const V q = (v == vm);
-            (V::loadu(R + b) + V::blendv(fast_exp(v - vm), zero, q)).store(R + b);
-            (V::loadu(Cn + b) + V::blendv(zero, one, q)).store(Cn + b);
-          }
-          for (int64_t b = Lv; b < L; ++b) {
-            const acc_t v = static_cast<acc_t>(xr[b]);
-            if (v == M[b]) Cn[b] += acc_t(1); else R[b] += scalar_exp(v - M[b]);
-          }
-        }
-        // lse of the chunk's rows, vectorized: with few classes a scalar log1p per row would cost
-        // as much as the passes over the logits.
-        for (int64_t b = 0; b < Lv; b += K) {
-          const V lse = V::loadu(M + b) + ((V::loadu(Cn + b) - one) + V::loadu(R + b)).log1p();
-          lse.store(R + b);
-        }
-        for (int64_t b = Lv; b < L; ++b) R[b] = lse_from_parts(M[b], Cn[b], R[b]);
+        chunk_stats<scalar_t, acc_t>(xb, C, S, L, w, cap, Lse, Sm);
+        const int64_t* tb = tgt + n * S + s0;
         for (int64_t b = 0; b < L; ++b) {
-          const int64_t pos = n * S + s0 + b;
-          const int64_t t = tgt[pos];
-          const acc_t x_t = (t >= 0 && t < C) ? static_cast<acc_t>(xb[t * S + b]) : nan;
-          finish(pos, R[b], Sm[b], x_t, t);
+          const int64_t t = tb[b];
+          Xt[b] = (t >= 0 && t < C) ? cap.at(static_cast<acc_t>(xb[t * S + b])) : nan;
+          has_t[b] = finish(n * S + s0 + b, Lse[b], Sm[b], Xt[b], t);
+          if constexpr (kFused) {
+            G[b] = gs;
+            GL[b] = has_t[b] ? gs * z2 * Lse[b] : acc_t(0);
+          }
+        }
+        if constexpr (kFused) {
+          chunk_backward<scalar_t, acc_t>(xb, gx + n * C * S + s0, C, S, L, tb, has_t, Xt, Lse, G, GL, w, W, c, cap);
         }
       }
     });
@@ -389,8 +612,8 @@ int64_t index_forward_impl(const XentArgs& a) {
   return bad == std::numeric_limits<int64_t>::max() ? -1 : bad;
 }
 
-template <typename scalar_t, typename acc_t>
-void index_backward_impl(const XentArgs& a) {
+template <typename scalar_t, typename acc_t, typename Cap>
+void index_backward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
   const int64_t* tgt = static_cast<const int64_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
@@ -401,98 +624,37 @@ void index_backward_impl(const XentArgs& a) {
   const int64_t C = a.C, S = a.S;
   const acc_t W = static_cast<acc_t>(a.weight_sum);
   const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
-
-  // Per row: grad_j = A p_j - B w_j, plus the exact target-class value. Out-of-range targets
-  // never reach here (the forward raised), but are treated as ignored rather than trusted.
-  auto coefs = [&](int64_t pos, int64_t t, acc_t& A, acc_t& B, bool& has_target) {
-    const acc_t g = gloss[pos];
-    const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
-    has_target = t != a.ignore_index && t >= 0 && t < C;
-    if (!has_target) {
-      A = gl;
-      B = acc_t(0);
-    } else {
-      const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
-      A = g * index_p_coef(w_t, W, c) + gl;
-      B = g * c.off;
-    }
-  };
-  auto target_value = [&](int64_t pos, int64_t t, acc_t x_t, acc_t lse) -> acc_t {
-    const acc_t g = gloss[pos];
-    const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
-    const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
-    acc_t v = g * index_target_grad(x_t, lse, w_t, W, c);
-    if (gl != acc_t(0)) v += gl * scalar_exp(x_t - lse);
-    return v;
-  };
+  // Out-of-range targets never reach here (the forward raised), but are treated as ignored
+  // rather than trusted.
+  auto has_target = [&](int64_t t) { return t != a.ignore_index && t >= 0 && t < C; };
 
   if (S == 1) {
     at::parallel_for(0, a.N, grain_rows(C), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const int64_t t = tgt[n];
-        acc_t A, B;
-        bool has_t;
-        coefs(n, t, A, B, has_t);
-        const acc_t lse = lse_in[n];
-        row_grad<scalar_t, acc_t>(x + n * C, gx + n * C, C, lse, A, B, w);
-        if (has_t) {
-          gx[n * C + t] = static_cast<scalar_t>(target_value(n, t, static_cast<acc_t>(x[n * C + t]), lse));
-        }
+        const bool has_t = has_target(t);
+        const acc_t x_t = has_t ? cap.at(static_cast<acc_t>(x[n * C + t])) : acc_t(0);
+        index_row_backward<scalar_t, acc_t>(x + n * C, gx + n * C, C, t, has_t, x_t, lse_in[n], gloss[n],
+                                            glse == nullptr ? acc_t(0) : glse[n], w, W, c, cap);
       }
     });
   } else {
-    using V = Vectorized<acc_t>;
-    constexpr int64_t K = V::size();
     const int64_t chunks = (S + kLanes - 1) / kLanes;
     at::parallel_for(0, a.N * chunks, std::max<int64_t>(1, grain_rows(C) / kLanes), [&](int64_t begin, int64_t end) {
-      alignas(64) acc_t Aa[kLanes], Ba[kLanes], La[kLanes];
+      alignas(64) acc_t Xt[kLanes], GL[kLanes];
       bool has_t[kLanes];
       for (int64_t nc = begin; nc < end; ++nc) {
         const int64_t n = nc / chunks, s0 = (nc % chunks) * kLanes;
-        const int64_t L = std::min<int64_t>(kLanes, S - s0), Lv = L - L % K;
-        const int64_t base = n * C * S + s0;
+        const int64_t L = std::min<int64_t>(kLanes, S - s0);
+        const int64_t base = n * C * S + s0, pos0 = n * S + s0;
+        const int64_t* tb = tgt + pos0;
         for (int64_t b = 0; b < L; ++b) {
-          const int64_t pos = n * S + s0 + b;
-          coefs(pos, tgt[pos], Aa[b], Ba[b], has_t[b]);
-          La[b] = lse_in[pos];
+          has_t[b] = has_target(tb[b]);
+          Xt[b] = has_t[b] ? cap.at(static_cast<acc_t>(x[base + tb[b] * S + b])) : acc_t(0);
+          GL[b] = glse == nullptr ? acc_t(0) : glse[pos0 + b];
         }
-        for (int64_t j = 0; j < C; ++j) {
-          const scalar_t* xr = x + base + j * S;
-          scalar_t* gr = gx + base + j * S;
-          const acc_t wj = w == nullptr ? acc_t(1) : w[j];
-          const V vw(wj);
-          for (int64_t b = 0; b < Lv; b += K) {
-            const V v = vload<scalar_t, acc_t>(xr + b);
-            const V g = at::vec::fmsub(V::loadu(Aa + b), fast_exp(v - V::loadu(La + b)), V::loadu(Ba + b) * vw);
-            vstore1<scalar_t, acc_t>(gr + b, g);
-          }
-          for (int64_t b = Lv; b < L; ++b) {
-            const acc_t v = static_cast<acc_t>(xr[b]);
-            gr[b] = static_cast<scalar_t>(Aa[b] * scalar_exp(v - La[b]) - Ba[b] * wj);
-          }
-        }
-        // target class: on * w_t * expm1(x_t - lse) + off * (W p_t - w_t) (+ gl p_t), the
-        // expm1 vectorized over the chunk (see index_target_grad)
-        alignas(64) acc_t D[kLanes];
-        for (int64_t b = 0; b < L; ++b) {
-          const int64_t t = tgt[n * S + s0 + b];
-          D[b] = has_t[b] ? static_cast<acc_t>(x[base + t * S + b]) - La[b] : acc_t(0);
-        }
-        for (int64_t b = 0; b < Lv; b += K) V::loadu(D + b).expm1().store(D + b);
-        for (int64_t b = Lv; b < L; ++b) D[b] = se_expm1(D[b]);
-        for (int64_t b = 0; b < L; ++b) {
-          if (!has_t[b]) continue;
-          const int64_t pos = n * S + s0 + b;
-          const int64_t t = tgt[pos];
-          const acc_t g = gloss[pos];
-          const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
-          const acc_t w_t = w == nullptr ? acc_t(1) : w[t];
-          const acc_t pm1 = D[b];
-          acc_t v = g * c.on * w_t * pm1;
-          if (c.off != acc_t(0)) v += g * c.off * (W * (pm1 + acc_t(1)) - w_t);
-          v += gl * (pm1 + acc_t(1));
-          gx[base + t * S + b] = static_cast<scalar_t>(v);
-        }
+        chunk_backward<scalar_t, acc_t>(x + base, gx + base, C, S, L, tb, has_t, Xt, lse_in + pos0, gloss + pos0,
+                                        GL, w, W, c, cap);
       }
     });
   }
@@ -503,9 +665,9 @@ void index_backward_impl(const XentArgs& a) {
 // ---------------------------------------------------------------------------------------------
 
 // One (possibly strided) row: m, A = sum w q, B = sum w q x. Vectorized when the row is contiguous.
-template <typename scalar_t, typename acc_t>
+template <typename scalar_t, typename acc_t, typename Cap>
 inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int64_t S, const acc_t* w,
-                           SmoothCoefs<acc_t> c, acc_t& m_out, acc_t& A_out, acc_t& B_out) {
+                           SmoothCoefs<acc_t> c, const Cap& cap, acc_t& m_out, acc_t& A_out, acc_t& B_out) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   acc_t m = -std::numeric_limits<acc_t>::infinity(), A = 0, B = 0;
@@ -514,7 +676,7 @@ inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int6
     const V von(c.on), voff(c.off);
     V vm(m), vA(acc_t(0)), vB(acc_t(0));
     for (; j + K <= C; j += K) {
-      const V v = vload<scalar_t, acc_t>(x + j);
+      const V v = cap.load(x + j);
       V q = at::vec::fmadd(von, vload<scalar_t, acc_t>(y + j), voff);
       if (w != nullptr) q = q * V::loadu(w + j);
       vm = vmax(vm, v);
@@ -526,7 +688,7 @@ inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int6
     B = hsum(vB);
   }
   for (; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j * S]);
+    const acc_t v = cap.at(static_cast<acc_t>(x[j * S]));
     acc_t q = prob_q(static_cast<acc_t>(y[j * S]), c);
     if (w != nullptr) q *= w[j];
     m = v > m ? v : m;
@@ -538,22 +700,22 @@ inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int6
   B_out = B;
 }
 
-template <typename scalar_t, typename acc_t>
-inline void strided_sumexp(const scalar_t* x, int64_t C, int64_t S, acc_t m, acc_t& cnt, acc_t& rest) {
+template <typename scalar_t, typename acc_t, typename Cap>
+inline void strided_sumexp(const scalar_t* x, int64_t C, int64_t S, acc_t m, const Cap& cap, acc_t& cnt, acc_t& rest) {
   if (S == 1) {
-    row_sumexp<scalar_t, acc_t>(x, C, m, cnt, rest);
+    row_sumexp<scalar_t, acc_t>(x, C, m, cap, cnt, rest);
     return;
   }
   cnt = 0;
   rest = 0;
   for (int64_t j = 0; j < C; ++j) {
-    const acc_t v = static_cast<acc_t>(x[j * S]);
+    const acc_t v = cap.at(static_cast<acc_t>(x[j * S]));
     if (v == m) cnt += 1; else rest += scalar_exp(v - m);
   }
 }
 
-template <typename scalar_t, typename acc_t>
-void prob_forward_impl(const XentArgs& a) {
+template <typename scalar_t, typename acc_t, typename Cap>
+void prob_forward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
   const scalar_t* y = static_cast<const scalar_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
@@ -566,8 +728,8 @@ void prob_forward_impl(const XentArgs& a) {
       const int64_t n = pos / S, s = pos % S;
       const int64_t base = n * C * S + s;
       acc_t m, A, B, cnt, rest;
-      prob_row_stats<scalar_t, acc_t>(x + base, y + base, C, S, w, c, m, A, B);
-      strided_sumexp<scalar_t, acc_t>(x + base, C, S, m, cnt, rest);
+      prob_row_stats<scalar_t, acc_t>(x + base, y + base, C, S, w, c, cap, m, A, B);
+      strided_sumexp<scalar_t, acc_t>(x + base, C, S, m, cap, cnt, rest);
       const acc_t lse = lse_from_parts(m, cnt, rest);
       lse_out[pos] = lse;
       loss[pos] = prob_row_loss(lse, A, B);
@@ -575,8 +737,8 @@ void prob_forward_impl(const XentArgs& a) {
   });
 }
 
-template <typename scalar_t, typename acc_t>
-void prob_backward_impl(const XentArgs& a) {
+template <typename scalar_t, typename acc_t, typename Cap>
+void prob_backward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
   const scalar_t* y = static_cast<const scalar_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
@@ -596,7 +758,7 @@ void prob_backward_impl(const XentArgs& a) {
       const scalar_t* yr = y + base;
       scalar_t* gr = gx + base;
       acc_t m, A, B;
-      prob_row_stats<scalar_t, acc_t>(xr, yr, C, S, w, c, m, A, B);  // A again: O(C) re-read
+      prob_row_stats<scalar_t, acc_t>(xr, yr, C, S, w, c, cap, m, A, B);  // A again: O(C) re-read
       const acc_t g = gloss[pos];
       const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
       const acc_t P = g * A + gl, lse = lse_in[pos];
@@ -610,52 +772,129 @@ void prob_backward_impl(const XentArgs& a) {
             q0 = q0 * V::loadu(w + j);
             q1 = q1 * V::loadu(w + j + K);
           }
-          const V e0 = fast_exp(vload<scalar_t, acc_t>(xr + j) - vl);
-          const V e1 = fast_exp(vload<scalar_t, acc_t>(xr + j + K) - vl);
-          vstore2<scalar_t, acc_t>(gr + j, at::vec::fmsub(vP, e0, vg * q0), at::vec::fmsub(vP, e1, vg * q1));
+          const V x0 = cap.load(xr + j), x1 = cap.load(xr + j + K);
+          const V e0 = fast_exp(x0 - vl), e1 = fast_exp(x1 - vl);
+          vstore2<scalar_t, acc_t>(gr + j, cap.out(at::vec::fmsub(vP, e0, vg * q0), x0),
+                                   cap.out(at::vec::fmsub(vP, e1, vg * q1), x1));
         }
       }
       for (; j < C; ++j) {
         acc_t q = prob_q(static_cast<acc_t>(yr[j * S]), c);
         if (w != nullptr) q *= w[j];
-        gr[j * S] = static_cast<scalar_t>(P * scalar_exp(static_cast<acc_t>(xr[j * S]) - lse) - g * q);
+        const acc_t v = cap.at(static_cast<acc_t>(xr[j * S]));
+        gr[j * S] = static_cast<scalar_t>(cap.out1(P * scalar_exp(v - lse) - g * q, v));
       }
     }
   });
 }
 
 // ---------------------------------------------------------------------------------------------
-// dtype dispatch and the table
+// row scaling of a fused gradient by its upstream gradient
 // ---------------------------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+void scale_rows_impl(const XentArgs& a) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  scalar_t* g = static_cast<scalar_t*>(a.grad_input);
+  const acc_t* f = static_cast<const acc_t*>(a.grad_loss);
+  const int64_t C = a.C, S = a.S;
+  auto scale_run = [&](scalar_t* p, int64_t len, acc_t factor) {
+    const V vf(factor);
+    int64_t j = 0;
+    for (; j + 2 * K <= len; j += 2 * K) {
+      vstore2<scalar_t, acc_t>(p + j, vload<scalar_t, acc_t>(p + j) * vf, vload<scalar_t, acc_t>(p + j + K) * vf);
+    }
+    for (; j < len; ++j) p[j] = static_cast<scalar_t>(static_cast<acc_t>(p[j]) * factor);
+  };
+  if (a.scale_numel == 1) {
+    const acc_t factor = f[0];
+    if (factor == acc_t(1)) return;
+    at::parallel_for(0, a.N * C * S, 32768, [&](int64_t begin, int64_t end) { scale_run(g + begin, end - begin, factor); });
+    return;
+  }
+  if (S == 1) {
+    at::parallel_for(0, a.N, grain_rows(C), [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        if (f[n] != acc_t(1)) scale_run(g + n * C, C, f[n]);
+      }
+    });
+    return;
+  }
+  // strided rows: element (n, j, s) takes factor f[n * S + s]; runs of equal factors would be
+  // rare, so each (n, j) run of S elements is multiplied lane by lane, skipping samples whose
+  // factors are all 1.
+  at::parallel_for(0, a.N, std::max<int64_t>(1, grain_rows(C * S)), [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n) {
+      const acc_t* fn = f + n * S;
+      bool all_one = true;
+      for (int64_t s = 0; s < S && all_one; ++s) all_one = fn[s] == acc_t(1);
+      if (all_one) continue;
+      for (int64_t j = 0; j < C; ++j) {
+        scalar_t* p = g + (n * C + j) * S;
+        int64_t s = 0;
+        for (; s + K <= S; s += K) vstore1<scalar_t, acc_t>(p + s, vload<scalar_t, acc_t>(p + s) * V::loadu(fn + s));
+        for (; s < S; ++s) p[s] = static_cast<scalar_t>(static_cast<acc_t>(p[s]) * fn[s]);
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// dtype / soft-cap dispatch and the table
+// ---------------------------------------------------------------------------------------------
+
+// Calls f(cap) with NoCap or SoftCap, so that each kernel is compiled with and without capping.
+template <typename acc_t, typename F>
+inline auto with_cap(const XentArgs& a, const F& f) {
+  if (a.softcap > 0) return f(SoftCap<acc_t>{static_cast<acc_t>(a.softcap)});
+  return f(NoCap<acc_t>{});
+}
 
 inline int64_t index_forward(const XentArgs& a) {
   int64_t bad = -1;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_forward", [&] {
-    bad = index_forward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+    using acc_t = at::opmath_type<scalar_t>;
+    bad = with_cap<acc_t>(a, [&](const auto& cap) { return index_forward_impl<scalar_t, acc_t, false>(a, cap); });
   });
   return bad;
 }
 
+inline void index_fused(const XentArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_fused", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    with_cap<acc_t>(a, [&](const auto& cap) { return index_forward_impl<scalar_t, acc_t, true>(a, cap); });
+  });
+}
+
 inline void index_backward(const XentArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_cross_entropy_backward", [&] {
-    index_backward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+    using acc_t = at::opmath_type<scalar_t>;
+    with_cap<acc_t>(a, [&](const auto& cap) { index_backward_impl<scalar_t, acc_t>(a, cap); });
   });
 }
 
 inline void prob_forward(const XentArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_prob_forward", [&] {
-    prob_forward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+    using acc_t = at::opmath_type<scalar_t>;
+    with_cap<acc_t>(a, [&](const auto& cap) { prob_forward_impl<scalar_t, acc_t>(a, cap); });
   });
 }
 
 inline void prob_backward(const XentArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_cross_entropy_prob_backward", [&] {
-    prob_backward_impl<scalar_t, at::opmath_type<scalar_t>>(a);
+    using acc_t = at::opmath_type<scalar_t>;
+    with_cap<acc_t>(a, [&](const auto& cap) { prob_backward_impl<scalar_t, acc_t>(a, cap); });
+  });
+}
+
+inline void scale_rows(const XentArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_scale_grad_rows_", [&] {
+    scale_rows_impl<scalar_t, at::opmath_type<scalar_t>>(a);
   });
 }
 
 inline KernelTable make_table(const char* name) {
-  return KernelTable{name, &index_forward, &index_backward, &prob_forward, &prob_backward};
+  return KernelTable{name, &index_forward, &index_backward, &prob_forward, &prob_backward, &index_fused, &scale_rows};
 }
 
 }  // namespace CPU_CAPABILITY

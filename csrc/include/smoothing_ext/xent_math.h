@@ -24,6 +24,8 @@ SMOOTHING_HD float se_expm1(float x) { return ::expm1f(x); }
 SMOOTHING_HD double se_expm1(double x) { return ::expm1(x); }
 SMOOTHING_HD float se_log1p(float x) { return ::log1pf(x); }
 SMOOTHING_HD double se_log1p(double x) { return ::log1p(x); }
+SMOOTHING_HD float se_tanh(float x) { return ::tanhf(x); }
+SMOOTHING_HD double se_tanh(double x) { return ::tanh(x); }
 
 // Smoothed class-index target: q_j = on * [j == t] + off.
 //   uniform (PyTorch):    on = 1 - eps, off = eps / C
@@ -40,6 +42,35 @@ SMOOTHING_HD SmoothCoefs<T> uniform_coefs(double eps, int64_t C) {
   c.on = static_cast<T>(1.0 - eps);
   c.off = static_cast<T>(C > 0 ? eps / static_cast<double>(C) : 0.0);
   return c;
+}
+
+// off_target: the target keeps 1 - eps exactly and the other C - 1 classes share eps. With C == 1
+// there is no other class: no smoothing.
+template <typename T>
+SMOOTHING_HD SmoothCoefs<T> off_target_coefs(double eps, int64_t C) {
+  SmoothCoefs<T> c;
+  const double off = C > 1 ? eps / static_cast<double>(C - 1) : 0.0;
+  c.on = static_cast<T>(C > 1 ? 1.0 - eps - off : 1.0);
+  c.off = static_cast<T>(off);
+  return c;
+}
+
+template <typename T>
+SMOOTHING_HD SmoothCoefs<T> smooth_coefs(double eps, int64_t C, bool off_target) {
+  return off_target ? off_target_coefs<T>(eps, C) : uniform_coefs<T>(eps, C);
+}
+
+// Logit soft-capping (cap > 0): x -> cap tanh(x / cap), applied as the logits are loaded, and the
+// chain-rule factor d(capped)/dx = 1 - (capped / cap)^2 applied to the gradient as it is stored.
+template <typename T>
+SMOOTHING_HD T softcap_apply(T x, T cap) {
+  return cap * se_tanh(x / cap);
+}
+
+template <typename T>
+SMOOTHING_HD T softcap_slope(T capped, T cap) {
+  const T r = capped / cap;
+  return T(1) - r * r;
 }
 
 // log-sum-exp from the row maximum m, the number of entries equal to m (each contributes exactly
