@@ -127,15 +127,18 @@ for dt, tol in [(torch.float32, 3e-5), (torch.float64, 1e-10), (torch.bfloat16, 
         t = torch.randint(0, C, (shape[0], *shape[2:]))
         w = torch.rand(C).to(dt)
         y = torch.softmax(torch.randn(shape), 1).to(dt)
-        for tgt in (t, y):
-            for weight in (None, w):
-                l = smoothing_ext.cross_entropy(x, tgt, weight=weight, reduction="none", label_smoothing=0.1)
+        cases = [(tgt, weight, kw) for tgt in (t, y) for weight in (None, w)
+                 for kw in ({}, dict(smoothing_mode="off_target", softcap=4.0, z_loss=1e-3))]
+        cases += [(t, w, dict(grad_in_forward=True)), (t, None, dict(grad_in_forward=True, z_loss=1e-3))]
+        for tgt, weight, kw in cases:
+                l = smoothing_ext.cross_entropy(x * 1, tgt, weight=weight, reduction="none", label_smoothing=0.1, **kw)
                 (g,) = torch.autograd.grad(l.float().sum(), x)
                 xr = x.detach().double().requires_grad_()
-                lr = reference_cross_entropy(xr, tgt, weight=None if weight is None else weight.double(), reduction="none", label_smoothing=0.1)
+                ref_kw = {k: v for k, v in kw.items() if k != "grad_in_forward"}
+                lr = reference_cross_entropy(xr, tgt, weight=None if weight is None else weight.double(), reduction="none", label_smoothing=0.1, **ref_kw)
                 (gr,) = torch.autograd.grad(lr.sum(), xr)
                 e = max(((l.double() - lr).abs() / (1 + lr.abs())).max().item(), ((g.double() - gr).abs()).max().item())
-                assert e < tol, (dt, shape, e)
+                assert e < tol, (dt, shape, kw, e)
 print(cap)
 """
     env = dict(os.environ, SMOOTHING_EXT_CPU_CAPABILITY=capability)

@@ -22,10 +22,11 @@
 namespace {
 
 using ForwardFn = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
-                                                     const std::optional<at::Tensor>&, int64_t, double);
+                                                     const std::optional<at::Tensor>&, int64_t, double, bool,
+                                                     std::optional<double>);
 using BackwardFn = at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
                               const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&,
-                              int64_t, double);
+                              int64_t, double, bool, std::optional<double>);
 
 int g_failures = 0;
 int g_checks = 0;
@@ -92,7 +93,7 @@ void run_case(const Case& c, const at::Device& dev, const c10::TypedOperatorHand
   if (c.weighted) weight = (at::rand({C}, at::kDouble) + 0.5).to(fopts);
 
   // Ours: per-element loss (float32 / float64 accumulation dtype) and lse.
-  auto [loss, lse] = fwd.call(input, target, weight, c.ignore_index, c.eps);
+  auto [loss, lse] = fwd.call(input, target, weight, c.ignore_index, c.eps, false, std::nullopt);
 
   // Reference: ATen's label-smoothed cross entropy on the same values, in float64, with autograd.
   at::Tensor x64 = input.detach().to(at::kDouble).set_requires_grad(true);
@@ -116,7 +117,7 @@ void run_case(const Case& c, const at::Device& dev, const c10::TypedOperatorHand
 
   // Backward: upstream gradient g per element; ours vs d(sum(g * ref))/dx by autograd.
   at::Tensor grad_loss = at::randn(ref.sizes(), at::TensorOptions().dtype(acc)).to(dev);
-  at::Tensor gx = bwd.call(grad_loss, std::nullopt, input, target, weight, lse, c.ignore_index, c.eps);
+  at::Tensor gx = bwd.call(grad_loss, std::nullopt, input, target, weight, lse, c.ignore_index, c.eps, false, std::nullopt);
   auto ref_grads = torch::autograd::grad({ref}, {x64}, {grad_loss.to(at::kDouble)});
   if (gx.scalar_type() != c.dtype) {
     std::printf("FAIL %s: grad dtype %s, expected %s\n", name.c_str(), c10::toString(gx.scalar_type()),
@@ -129,7 +130,7 @@ void run_case(const Case& c, const at::Device& dev, const c10::TypedOperatorHand
 
   // grad_lse: d lse_i / d x_j = p_j, so adding h * lse to the objective adds h * softmax.
   at::Tensor grad_lse = at::randn(lse.sizes(), at::TensorOptions().dtype(acc)).to(dev);
-  at::Tensor gx2 = bwd.call(grad_loss, grad_lse, input, target, weight, lse, c.ignore_index, c.eps);
+  at::Tensor gx2 = bwd.call(grad_loss, grad_lse, input, target, weight, lse, c.ignore_index, c.eps, false, std::nullopt);
   at::Tensor p = at::softmax(x64.detach(), class_dim);
   at::Tensor want2 = ref_grads[0] + p * grad_lse.to(at::kCPU, at::kDouble).unsqueeze(class_dim);
   check_close(name + " grad with grad_lse", gx2, want2, grad_rtol, grad_atol);
@@ -181,7 +182,7 @@ int main(int argc, char** argv) {
 
   // A user error surfaces as a c10 exception naming the argument, not a crash.
   try {
-    fwd.call(at::randn({4, 3}), at::zeros({4}, at::kLong), std::nullopt, -100, 1.5);
+    fwd.call(at::randn({4, 3}), at::zeros({4}, at::kLong), std::nullopt, -100, 1.5, false, std::nullopt);
     std::printf("FAIL: label_smoothing=1.5 was accepted\n");
     ++g_failures;
   } catch (const c10::Error&) {
