@@ -14,6 +14,12 @@ reference.
     python -m smoothing_ext.bench                 # default set (< 3 minutes on 2 CPU cores)
     python -m smoothing_ext.bench --quick         # CI smoke run (< 1 minute)
     python -m smoothing_ext.bench --workloads lm-32k --dtypes bfloat16 --modes fwdbwd --json out.json
+    python -m smoothing_ext.bench --workloads lm-32k --dtypes bfloat16 --modes fwdbwd --features fused
+
+Features beyond F.cross_entropy are compared with the same computation written in plain PyTorch
+(eager and compiled): ``fused`` (grad_in_forward, separate buffer and in place, against the default
+mode too), ``off_target`` (fairseq's formulation), ``zloss+softcap`` (capped logits, then
+F.cross_entropy + z * lse^2) and ``bce`` (F.binary_cross_entropy_with_logits on the smoothed target).
 """
 
 from __future__ import annotations
@@ -77,34 +83,50 @@ WORKLOADS = {
 ALL_IMPLS = ("smoothing_ext", "torch", "torch.compile", "seed_onehot", "seed_nll", "liger", "apex", "flash_attn")
 
 
-def default_cases(device: str, quick: bool) -> list[tuple[str, str, str, bool]]:
+# Features beyond F.cross_entropy (see _bench_impls.FEATURE_IMPLS): "" is plain label smoothing.
+FEATURES = ("", "fused", "off_target", "zloss+softcap", "bce")
+
+
+def default_cases(device: str, quick: bool) -> list[tuple[str, str, str, bool, str]]:
     if quick:
         return [
-            ("cls-1k-small", "float32", "fwdbwd", False),
-            ("cls-1k", "float32", "fwd", False),
-            ("cls-1k", "float32", "fwdbwd", True),
-            ("seg-21", "float32", "fwdbwd", False),
+            ("cls-1k-small", "float32", "fwdbwd", False, ""),
+            ("cls-1k", "float32", "fwd", False, ""),
+            ("cls-1k", "float32", "fwdbwd", True, ""),
+            ("seg-21", "float32", "fwdbwd", False, ""),
+            ("cls-1k-small", "float32", "fwdbwd", False, "fused"),
+            ("cls-1k-small", "float32", "fwdbwd", False, "zloss+softcap"),
+            ("cls-1k-small", "float32", "fwdbwd", False, "bce"),
         ]
     if device == "cuda":
         cases = []
         for wl in ("cls-1k", "seg-21", "lm-32k", "lm-128k-gpu"):
             for dt in ("float32", "bfloat16", "float16"):
                 for mode in ("fwd", "fwdbwd"):
-                    cases.append((wl, dt, mode, False))
-        cases += [("lm-128k-gpu", "bfloat16", "fwdbwd", True), ("cls-1k", "float32", "fwdbwd", True)]
+                    cases.append((wl, dt, mode, False, ""))
+        cases += [("lm-128k-gpu", "bfloat16", "fwdbwd", True, ""), ("cls-1k", "float32", "fwdbwd", True, "")]
+        cases += [("lm-128k-gpu", "bfloat16", "fwdbwd", False, f) for f in FEATURES[1:4]]
+        cases += [("cls-1k", "bfloat16", "fwdbwd", False, "bce")]
         return cases
     return [
-        ("cls-1k-small", "float32", "fwdbwd", False),
-        ("cls-1k", "float32", "fwd", False),
-        ("cls-1k", "float32", "fwdbwd", False),
-        ("cls-1k", "float32", "fwdbwd", True),
-        ("seg-21", "float32", "fwdbwd", False),
-        ("lm-32k", "float32", "fwd", False),
-        ("lm-32k", "float32", "fwdbwd", False),
-        ("lm-32k", "bfloat16", "fwd", False),
-        ("lm-32k", "bfloat16", "fwdbwd", False),
-        ("lm-32k", "float32", "fwdbwd", True),
-        ("lm-128k", "bfloat16", "fwdbwd", False),
+        ("cls-1k-small", "float32", "fwdbwd", False, ""),
+        ("cls-1k", "float32", "fwd", False, ""),
+        ("cls-1k", "float32", "fwdbwd", False, ""),
+        ("cls-1k", "float32", "fwdbwd", True, ""),
+        ("seg-21", "float32", "fwdbwd", False, ""),
+        ("lm-32k", "float32", "fwd", False, ""),
+        ("lm-32k", "float32", "fwdbwd", False, ""),
+        ("lm-32k", "bfloat16", "fwd", False, ""),
+        ("lm-32k", "bfloat16", "fwdbwd", False, ""),
+        ("lm-32k", "float32", "fwdbwd", True, ""),
+        ("lm-128k", "bfloat16", "fwdbwd", False, ""),
+        ("lm-32k", "bfloat16", "fwdbwd", False, "fused"),
+        ("lm-32k", "float32", "fwdbwd", False, "fused"),
+        ("cls-1k", "float32", "fwdbwd", False, "off_target"),
+        ("lm-32k", "bfloat16", "fwdbwd", False, "zloss+softcap"),
+        ("lm-32k", "bfloat16", "fwd", False, "zloss+softcap"),
+        ("cls-1k", "float32", "fwdbwd", False, "bce"),
+        ("cls-1k", "bfloat16", "fwdbwd", False, "bce"),
     ]
 
 
@@ -231,13 +253,37 @@ class Row:
     peak_extra_mb: Optional[float] = None
     max_err: Optional[float] = None
     note: str = ""
+    feature: str = ""  # "" (plain label smoothing) or one of FEATURES
 
 
-def _compiled(eps: float):
+def _compiled(eps: float, feature: str = ""):
+    base = _bench_impls.FEATURE_IMPLS[feature]["torch"] if feature else _bench_impls.torch_eager
+
     def f(x, t, w):
-        return F.cross_entropy(x, t, weight=w, label_smoothing=eps)
+        return base(x, t, w, eps)
 
     return torch.compile(f, dynamic=False)
+
+
+def _impls_for(feature: str, device: str) -> dict:
+    if not feature:
+        return _bench_impls.available(device)
+    impls = dict(_bench_impls.FEATURE_IMPLS[feature])
+    if feature == "bce" and not hasattr(smoothing_ext, "binary_cross_entropy_with_logits"):
+        impls.pop("smoothing_ext")
+    return impls
+
+
+def _inputs(wl: Workload, dtype: torch.dtype, weighted: bool, device: str, feature: str):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(wl.shape, generator=gen, dtype=torch.float32).mul_(2.0).to(dtype).to(device)
+    if feature == "bce":  # multi-label: a 0/1 target per logit, weights per class (last dim)
+        t = (torch.rand(wl.shape, generator=gen) < 0.1).to(dtype).to(device)
+        w = (torch.rand(wl.shape[-1], generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+        return x, t, w
+    t = torch.randint(0, wl.C, wl.target_shape, generator=gen).to(device)
+    w = (torch.rand(wl.C, generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+    return x, t, w
 
 
 def _make_runner(fn, x, t, w, eps, mode):
@@ -258,12 +304,16 @@ def _make_runner(fn, x, t, w, eps, mode):
     return run
 
 
-def _error(fn, x, t, w, eps, mode, rows: int) -> float:
+def _error(fn, x, t, w, eps, mode, rows: int, feature: str = "") -> float:
     """Max abs error against the float64 reference on the first `rows` rows (loss, and gradient
     for fwdbwd). The implementations return the mean over these rows."""
     xs, ts = x[:rows], t[:rows]
     xr = xs.detach().double().requires_grad_()
-    ref = reference_cross_entropy(xr, ts, weight=None if w is None else w.double(), label_smoothing=eps)
+    if feature == "bce":
+        ref = _bench_impls.reference_bce(xr, ts, w, eps)
+    else:
+        ref = reference_cross_entropy(xr, ts, weight=None if w is None else w.double(), label_smoothing=eps,
+                                      **_bench_impls.FEATURE_REFERENCE_KWARGS.get(feature, {}))
     xx = xs.detach().clone().requires_grad_(mode == "fwdbwd")
     with torch.enable_grad() if mode == "fwdbwd" else torch.no_grad():
         out = fn(xx, ts, w, eps)
@@ -307,11 +357,9 @@ def run_case(
     err_rows: int,
     compiled_cache: dict,
     floor_cache: dict,
+    feature: str = "",
 ) -> list[Row]:
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(wl.shape, generator=gen, dtype=torch.float32).mul_(2.0).to(dtype).to(device)
-    t = torch.randint(0, wl.C, wl.target_shape, generator=gen).to(device)
-    w = (torch.rand(wl.C, generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+    x, t, w = _inputs(wl, dtype, weighted, device, feature)
     key = (wl.name, str(dtype), device)
     if key not in floor_cache:
         floor_cache[key] = floors(x, device, budget)
@@ -319,14 +367,18 @@ def run_case(
     nbytes = x.numel() * x.element_size()
     passes = 1 if mode == "fwd" else 3  # ideal traffic: R (fwd), R + R + W (fwd + bwd)
 
-    available = _bench_impls.available(device)
+    available = _impls_for(feature, device)
+    if feature:  # the feature's own implementations, then compiled PyTorch
+        impl_names = [n for n in available if n != "torch"] + ["torch"] + (
+            ["torch.compile"] if "torch.compile" in impl_names else [])
     rows: list[Row] = []
     for name in impl_names:
-        row = Row(wl.name, "x".join(map(str, wl.shape)), str(dtype).replace("torch.", ""), mode, weighted, name, device)
+        row = Row(wl.name, "x".join(map(str, wl.shape)), str(dtype).replace("torch.", ""), mode, weighted, name, device,
+                  feature=feature)
         if name == "torch.compile":
-            ckey = (eps,)
+            ckey = (eps, feature)
             if ckey not in compiled_cache:
-                compiled_cache[ckey] = _compiled(eps)
+                compiled_cache[ckey] = _compiled(eps, feature)
             cf = compiled_cache[ckey]
             fn = lambda x, t, w, eps, cf=cf: cf(x, t, w)  # noqa: E731
         elif name in available:
@@ -340,9 +392,12 @@ def run_case(
             rows.append(row)
             continue
         try:
-            runner = _make_runner(fn, x, t, w, eps, mode)
+            # the in-place mode overwrites its logits with the gradient: it gets its own copy
+            xi = x.clone() if "inplace" in name else x
+            runner = _make_runner(fn, xi, t, w, eps, mode)
             row.time_ms = time_fn(runner, device, 3, budget) * 1e3
-            row.max_err = _error(fn, x, t, w, eps, mode, min(err_rows, wl.shape[0]))
+            del xi
+            row.max_err = _error(fn, x, t, w, eps, mode, min(err_rows, wl.shape[0]), feature)
             row.floor_ms = fl[mode] * 1e3
             row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
             row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
@@ -358,6 +413,8 @@ def run_case(
             r.speedup_vs_torch = by["torch"].time_ms / r.time_ms
         if by.get("torch.compile") and by["torch.compile"].time_ms:
             r.speedup_vs_compile = by["torch.compile"].time_ms / r.time_ms
+        if feature == "fused" and r.impl.startswith("smoothing_ext[") and by["smoothing_ext"].time_ms:
+            r.note = f"{by['smoothing_ext'].time_ms / r.time_ms:.2f}x vs smoothing_ext default mode"
     del x, t, w
     return rows
 
@@ -371,25 +428,25 @@ def measure_memory(rows: list[Row], device: str, eps: float, compiled_cache: dic
     cases: dict[tuple, list[Row]] = {}
     for r in rows:
         if r.time_ms is not None:
-            cases.setdefault((r.workload, r.dtype, r.mode, r.weighted), []).append(r)
-    available = _bench_impls.available(device)
-    for (wl_name, dt, mode, weighted), case_rows in cases.items():
+            cases.setdefault((r.workload, r.dtype, r.mode, r.weighted, r.feature), []).append(r)
+    for (wl_name, dt, mode, weighted, feature), case_rows in cases.items():
+        available = _impls_for(feature, device)
         wl = WORKLOADS[wl_name]
         dtype = getattr(torch, dt)
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randn(wl.shape, generator=gen, dtype=torch.float32).mul_(2.0).to(dtype).to(device)
-        t = torch.randint(0, wl.C, wl.target_shape, generator=gen).to(device)
-        w = (torch.rand(wl.C, generator=gen) + 0.5).to(dtype).to(device) if weighted else None
+        x, t, w = _inputs(wl, dtype, weighted, device, feature)
         grad_bytes = x.numel() * x.element_size() if mode == "fwdbwd" else 0
         for r in case_rows:
             if r.impl == "torch.compile":
-                cf = compiled_cache[(eps,)]
+                cf = compiled_cache[(eps, feature)]
                 fn = lambda x, t, w, eps, cf=cf: cf(x, t, w)  # noqa: E731
             else:
                 fn = available[r.impl]
-            extra = peak_extra_bytes(_make_runner(fn, x, t, w, eps, mode), device)
+            xi = x.clone() if "inplace" in r.impl else x
+            extra = peak_extra_bytes(_make_runner(fn, xi, t, w, eps, mode), device)
+            del xi
             if extra is not None:
-                r.peak_extra_mb = max(0, extra - grad_bytes) / 2**20
+                # the in-place mode returns the logits' own storage as the gradient: nothing to subtract
+                r.peak_extra_mb = max(0, extra - (0 if "inplace" in r.impl else grad_bytes)) / 2**20
         del x, t, w
 
 
@@ -406,34 +463,38 @@ def markdown_summary(rows: list[Row]) -> str:
     """One line per case: smoothing_ext against eager and compiled PyTorch and the floor."""
     cases: dict[tuple, dict[str, Row]] = {}
     for r in rows:
-        cases.setdefault((r.device, r.workload, r.shape, r.dtype, r.mode, r.weighted), {})[r.impl] = r
+        cases.setdefault((r.device, r.workload, r.shape, r.dtype, r.mode, r.weighted, r.feature), {})[r.impl] = r
     lines = [
         "| device | workload | shape | dtype | mode | weight | smoothing_ext ms | torch ms | torch.compile ms "
         "| vs torch | vs compile | floor ms | floor / ours | GB/s (% of bw) | peak extra MB (ours / torch / compile) |",
         "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for (dev, wl, shape, dt, mode, weighted), by in cases.items():
-        o, e, c = by.get("smoothing_ext"), by.get("torch"), by.get("torch.compile")
-        mem = " / ".join(_fmt(r.peak_extra_mb if r else None, ".0f") for r in (o, e, c))
-        lines.append(
-            f"| {dev} | {wl} | {shape} | {dt} | {mode} | {'yes' if weighted else 'no'} "
+    for (dev, wl, shape, dt, mode, weighted, feature), by in cases.items():
+        e, c = by.get("torch"), by.get("torch.compile")
+        for name in [n for n in by if n.startswith("smoothing_ext")] or ["smoothing_ext"]:
+            o = by.get(name)
+            label = " ".join(v for v in (mode, feature, name[len("smoothing_ext"):]) if v)
+            mem = " / ".join(_fmt(r.peak_extra_mb if r else None, ".0f") for r in (o, e, c))
+            lines.append(
+            f"| {dev} | {wl} | {shape} | {dt} | {label} | {'yes' if weighted else 'no'} "
             f"| {_fmt(o and o.time_ms, '.2f')} | {_fmt(e and e.time_ms, '.2f')} | {_fmt(c and c.time_ms, '.2f')} "
             f"| {_fmt(o and o.speedup_vs_torch, '.2f')}x | {_fmt(o and o.speedup_vs_compile, '.2f')}x "
             f"| {_fmt(o and o.floor_ms, '.2f')} | {_fmt(o and o.pct_of_floor, '.0f')}% "
             f"| {_fmt(o and o.gbps, '.1f')} ({_fmt(o and o.pct_of_bw, '.0f')}%) | {mem} |"
-        )
+            )
     return "\n".join(lines)
 
 
 def markdown_detail(rows: list[Row]) -> str:
     lines = [
-        "| device | workload | dtype | mode | weight | impl | ms | vs torch | vs compile | GB/s | % of bw | % of floor "
-        "| peak extra MB | max err | note |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| device | workload | dtype | mode | feature | weight | impl | ms | vs torch | vs compile | GB/s | % of bw "
+        "| % of floor | peak extra MB | max err | note |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r.device} | {r.workload} | {r.dtype} | {r.mode} | {'yes' if r.weighted else 'no'} | {r.impl} "
+            f"| {r.device} | {r.workload} | {r.dtype} | {r.mode} | {r.feature or '–'} | {'yes' if r.weighted else 'no'} "
+            f"| {r.impl} "
             f"| {_fmt(r.time_ms, '.2f')} | {_fmt(r.speedup_vs_torch, '.2f')} | {_fmt(r.speedup_vs_compile, '.2f')} "
             f"| {_fmt(r.gbps, '.1f')} | {_fmt(r.pct_of_bw, '.0f')} | {_fmt(r.pct_of_floor, '.0f')} | {_fmt(r.peak_extra_mb, '.0f')} "
             f"| {_fmt(r.max_err, '.1e')} | {r.note} |"
@@ -476,8 +537,9 @@ def plot(rows: list[Row], path: str) -> bool:
     except ImportError:
         print("--plot: matplotlib is not installed (pip install smoothing_ext[plot]); no plot written", file=sys.stderr)
         return False
-    ours = [r for r in rows if r.impl == "smoothing_ext" and r.time_ms is not None]
-    labels = [f"{r.workload}\n{r.dtype} {r.mode}{' w' if r.weighted else ''}" for r in ours]
+    ours = [r for r in rows if r.impl.startswith("smoothing_ext") and r.time_ms is not None]
+    labels = [f"{r.workload}\n{r.dtype} {r.mode}{' w' if r.weighted else ''}"
+              f"{' ' + r.feature if r.feature else ''}{r.impl[len('smoothing_ext'):]}" for r in ours]
     vs_t = [r.speedup_vs_torch or 0 for r in ours]
     vs_c = [r.speedup_vs_compile or 0 for r in ours]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ours) + 2), 4.5))
@@ -534,6 +596,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--dtypes", default=None, help="comma list of float32,bfloat16,float16,float64")
     p.add_argument("--modes", default=None, help="comma list of fwd,fwdbwd")
     p.add_argument("--weight", default=None, choices=["no", "yes", "both"], help="class weights")
+    p.add_argument("--features", default=None,
+                   help="comma list of plain," + ",".join(FEATURES[1:]) + " (with --workloads etc.; default: plain)")
     p.add_argument("--impls", default=None, help=f"comma list of {','.join(ALL_IMPLS)} (default: all available)")
     p.add_argument("--eps", type=float, default=0.1, help="label smoothing (default 0.1)")
     p.add_argument("--budget", type=float, default=None, help="seconds of repeats per measurement")
@@ -567,15 +631,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             p.error(f"bad shape {spec!r}: expected NxC or NxCxD1... with positive sizes")
         WORKLOADS[spec] = Workload(spec, shape)
         custom.append(spec)
-    if args.workloads or args.dtypes or args.modes or args.weight or custom:
+    if args.workloads or args.dtypes or args.modes or args.weight or args.features or custom:
         wls = (args.workloads.split(",") if args.workloads else ([] if custom else ["cls-1k", "lm-32k"])) + custom
         dts = (args.dtypes or "float32").split(",")
         modes = (args.modes or "fwd,fwdbwd").split(",")
         weights = {"no": [False], "yes": [True], "both": [False, True]}[args.weight or "no"]
-        cases = [(a, b, c, d) for a in wls for b in dts for c in modes for d in weights]
+        feats = ["" if f == "plain" else f for f in (args.features or "plain").split(",")]
+        for f in feats:
+            if f not in FEATURES:
+                p.error(f"unknown feature {f!r}; choose from plain, {', '.join(FEATURES[1:])}")
+        cases = [(a, b, c, d, f) for a in wls for b in dts for c in modes for d in weights for f in feats]
     else:
         cases = default_cases(device, args.quick)
-    for wl, dt, mode, _ in cases:
+    for wl, dt, mode, _, _ in cases:
         if wl not in WORKLOADS:
             p.error(f"unknown workload {wl!r}; choose from {', '.join(WORKLOADS)}")
         if mode not in ("fwd", "fwdbwd"):
@@ -604,15 +672,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     floor_cache: dict = {}
     bar = _progress(len(cases))
     t_start = time.perf_counter()
-    for wl, dt, mode, weighted in cases:
-        bar.set_postfix_str(f"{wl} {dt} {mode}{' weighted' if weighted else ''}")
+    for wl, dt, mode, weighted, feature in cases:
+        bar.set_postfix_str(f"{wl} {dt} {mode}{' weighted' if weighted else ''} {feature}")
         case_impls = impls
         if not args.impls and wl in ("lm-128k", "lm-128k-gpu"):
             # the seeds' formulations take seconds per call there; they are measured on lm-32k
             case_impls = [i for i in impls if i not in ("seed_onehot", "seed_nll")]
         rows += run_case(
             WORKLOADS[wl], getattr(torch, dt), mode, weighted, case_impls, device, args.eps, budget,
-            err_rows=64, compiled_cache=compiled_cache, floor_cache=floor_cache,
+            err_rows=64, compiled_cache=compiled_cache, floor_cache=floor_cache, feature=feature,
         )
         bar.update(1)
     bar.close()
