@@ -119,11 +119,12 @@ void check_backward_extras(const at::Tensor& grad_loss, const std::optional<at::
   }
 }
 
-double check_softcap(const std::optional<double>& softcap) {
+double check_softcap(const std::optional<double>& softcap, at::ScalarType acc) {
   if (!softcap.has_value()) return 0.0;
   const double c = *softcap;
-  TORCH_CHECK_VALUE(std::isfinite(c) && c > 0.0, "smoothing_ext: softcap must be None or a finite number > 0, got ",
-                    c);
+  const bool ok = acc == at::kDouble ? (std::isfinite(c) && c > 0.0)
+                                     : (std::isfinite(static_cast<float>(c)) && static_cast<float>(c) > 0.0f);
+  TORCH_CHECK_VALUE(ok, "smoothing_ext: softcap must be None or a finite number > 0, got ", c);
   return c;
 }
 

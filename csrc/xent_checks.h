@@ -41,8 +41,9 @@ at::Tensor weight_as_acc(const std::optional<at::Tensor>& weight, at::ScalarType
 // that is N numbers, never N x C).
 at::Tensor grad_as_acc(const at::Tensor& grad, at::ScalarType acc);
 
-// softcap: absent, or a finite number > 0. Returns the cap, 0 when absent.
-double check_softcap(const std::optional<double>& softcap);
+// softcap: absent, or a finite number > 0, also once rounded to the accumulation dtype (a cap that
+// rounds to 0 or inf would divide by zero). Returns the cap, 0 when absent.
+double check_softcap(const std::optional<double>& softcap, at::ScalarType acc);
 
 // Extra arguments of the fused ops: z_loss finite and >= 0; grad_scale absent or a one-element
 // floating tensor on the input's device; for the in-place form, a contiguous input.

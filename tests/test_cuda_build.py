@@ -66,14 +66,14 @@ def _skip_reason():
 # --------------------------------------------------------------------------------------------
 
 def _block_size(kernel: str) -> tuple[int, str]:
-    if kernel.startswith(("fwd_rows_kernel", "bwd_rows_kernel")):
+    if kernel.startswith(("fwd_rows_kernel", "bwd_rows_kernel", "fused_rows_kernel", "scale_rows_kernel")):
         g = int(re.search(r",\s*(-?\d+)>$", kernel).group(1))
         if g == 8:
             return 256, "8 lanes/row, C<=64"
         if g == 32:
             return 256, "warp/row, C<=2048"
         return 512, "block/row (split when rows are few), C>=16384 (256 threads for 2048<C<16384)"
-    if kernel.startswith(("fwd_strided_kernel", "bwd_strided_kernel")):
+    if kernel.startswith(("fwd_strided_kernel", "bwd_strided_kernel", "fused_strided_kernel", "scale_strided_kernel")):
         return 256, "32 positions x 8 class slices, S>1"
     if kernel.startswith("fwd_combine_kernel"):
         return 256, "combine split rows, thread/row"
@@ -177,7 +177,7 @@ def test_cuda_ops_registered(cuda_build):
     code = (
         "import torch, smoothing_ext\n"
         "ops = ['cross_entropy_forward', '_cross_entropy_backward', 'cross_entropy_prob_forward',"
-        " '_cross_entropy_prob_backward']\n"
+        " '_cross_entropy_prob_backward', 'cross_entropy_fused', 'cross_entropy_fused_', '_scale_grad_rows_']\n"
         "missing = [o for o in ops if not torch._C._dispatch_has_kernel_for_dispatch_key('smoothing_ext::' + o, 'CUDA')]\n"
         "assert not missing, missing\n"
         "print('CUDA kernels registered for', len(ops), 'ops')\n"

@@ -3,8 +3,14 @@
 every dtype; C in {1, 2, 3, 31, 32, 33, 1000, 1023, 4097, 32003, 128256}; rows whose start is not
 16-byte aligned; ignored rows; weights; grad_lse; probability targets; K-dim inputs; few rows with huge
 C (split rows + combine kernel); grids smaller than the work; ties at the maximum; confident rows;
--inf logits; out-of-range targets (documented NaN). Each schedule runs in its own process because the
-simt runtime reads SIMT_SCHED once. The grid itself is tests/simt/simt_lib.py (also a script).
+-inf logits; out-of-range targets (documented NaN). New arguments and ops, checked against a float64
+formula (and the CPU ops once they have them): off_target and softcap (c = 5 on logits large enough to
+saturate tanh) on every path; cross_entropy_fused with z-loss, a device grad_scale, ignored rows,
+weights and split rows, and cross_entropy_fused_ on a copy of x, which must match the out-of-place
+result bit for bit (an in-place read-after-overwrite shows up there, under SIMT_SCHED=rev/rand
+especially); _scale_grad_rows_, whose rows with factor 1 hold signaling NaNs and must come back
+bit-identical. Each schedule runs in its own process because the simt runtime reads SIMT_SCHED once.
+The grid itself is tests/simt/simt_lib.py (also a script).
 
 This proves indexing, reductions, barriers/shuffles, alignment handling and the numerics of the
 kernels; it says nothing about speed, occupancy or anything only a GPU shows.

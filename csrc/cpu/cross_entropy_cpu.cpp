@@ -94,7 +94,7 @@ void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const Xe
   const auto c = smooth_coefs<double>(eps, sh.C, off_target);
   a.on = c.on;
   a.off = c.off;
-  a.softcap = check_softcap(softcap);
+  a.softcap = check_softcap(softcap, acc_dtype(x.scalar_type()));
   a.grad_scale = 1.0;
 }
 
@@ -164,7 +164,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cpu(const at::Tensor& i
                                                              int64_t ignore_index, double label_smoothing,
                                                              bool off_target, std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
-  check_softcap(softcap);
+  check_softcap(softcap, acc_dtype(input.scalar_type()));
   const auto acc = acc_dtype(input.scalar_type());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
@@ -189,7 +189,7 @@ at::Tensor cross_entropy_backward_cpu(const at::Tensor& grad_loss, const std::op
                                       int64_t ignore_index, double label_smoothing, bool off_target,
                                       std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
-  check_softcap(softcap);
+  check_softcap(softcap, acc_dtype(input.scalar_type()));
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
   at::Tensor grad = empty_like_grad(input);
   if (grad.numel() == 0) return grad;
@@ -212,7 +212,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tens
                                                                   double label_smoothing, bool off_target,
                                                                   std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
-  check_softcap(softcap);
+  check_softcap(softcap, acc_dtype(input.scalar_type()));
   const auto acc = acc_dtype(input.scalar_type());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
@@ -234,7 +234,7 @@ at::Tensor cross_entropy_prob_backward_cpu(const at::Tensor& grad_loss, const st
                                            const std::optional<at::Tensor>& weight, const at::Tensor& lse,
                                            double label_smoothing, bool off_target, std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
-  check_softcap(softcap);
+  check_softcap(softcap, acc_dtype(input.scalar_type()));
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
   at::Tensor grad = empty_like_grad(input);
   if (grad.numel() == 0) return grad;

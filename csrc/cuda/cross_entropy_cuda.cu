@@ -1,6 +1,6 @@
-// CUDA host functions of the four smoothing_ext ops: argument checks (shared with the CPU path
-// through xent_checks.h, so the exceptions are identical), device guard, the current stream,
-// dtype dispatch and the launches of the kernels in cross_entropy_kernels.cuh.
+// CUDA host functions of the smoothing_ext ops: argument checks (shared with the CPU path through
+// xent_checks.h, so the exceptions are identical), device guard, the current stream, dtype dispatch and the launches of the kernels in
+// cross_entropy_kernels.cuh.
 //
 // Out-of-range class indices (a target neither in [0, C) nor equal to ignore_index)
 // ---------------------------------------------------------------------------------
@@ -28,6 +28,7 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <cmath>
 #include <type_traits>
 
 #include <smoothing_ext/xent_math.h>
@@ -84,7 +85,8 @@ Common common(const at::Tensor& input, const std::optional<at::Tensor>& weight, 
 }
 
 template <typename scalar_t, typename acc_t>
-XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, double eps) {
+XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, double eps, bool off_target,
+                                        double cap) {
   XentParams<scalar_t, acc_t> p{};
   p.x = reinterpret_cast<const scalar_t*>(c.x.const_data_ptr());
   p.weight = c.w.defined() ? c.w.const_data_ptr<acc_t>() : nullptr;
@@ -92,9 +94,10 @@ XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, do
   p.N = sh.N;
   p.C = sh.C;
   p.S = sh.S;
-  const auto coefs = uniform_coefs<acc_t>(eps, sh.C);
+  const auto coefs = smooth_coefs<acc_t>(eps, sh.C, off_target);
   p.on = coefs.on;
   p.off = coefs.off;
+  p.cap = static_cast<acc_t>(cap);  // 0: the uncapped kernels
   return p;
 }
 
@@ -105,10 +108,12 @@ XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, do
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& input, const at::Tensor& target,
                                                               const std::optional<at::Tensor>& weight,
-                                                              int64_t ignore_index, double label_smoothing) {
+                                                              int64_t ignore_index, double label_smoothing,
+                                                              bool off_target, std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
-  const c10::cuda::CUDAGuard guard(input.device());
   const auto acc = acc_dtype(input.scalar_type());
+  const double cap = check_softcap(softcap, acc);
+  const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
   if (loss.numel() == 0) return {loss, lse};
@@ -119,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& 
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_forward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
     p.target = t.const_data_ptr<int64_t>();
     p.ignore_index = ignore_index;
     p.loss = loss.mutable_data_ptr<acc_t>();
@@ -135,13 +140,15 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& 
 at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
                                        const at::Tensor& input, const at::Tensor& target,
                                        const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                       int64_t ignore_index, double label_smoothing) {
+                                       int64_t ignore_index, double label_smoothing, bool off_target,
+                                       std::optional<double> softcap) {
   const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  const auto acc = acc_dtype(input.scalar_type());
+  const double cap = check_softcap(softcap, acc);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor grad = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad.numel() == 0) return grad;
-  const auto acc = acc_dtype(input.scalar_type());
   const Common c = common(input, weight, acc);
   const at::Tensor t = index_target_as_int64(target);
   const at::Tensor g = grad_as_acc(grad_loss, acc);
@@ -153,7 +160,7 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::o
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_backward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
     p.target = t.const_data_ptr<int64_t>();
     p.ignore_index = ignore_index;
     p.grad_loss = g.const_data_ptr<acc_t>();
@@ -168,10 +175,12 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::o
 
 std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cuda(const at::Tensor& input, const at::Tensor& target,
                                                                    const std::optional<at::Tensor>& weight,
-                                                                   double label_smoothing) {
+                                                                   double label_smoothing, bool off_target,
+                                                                   std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
-  const c10::cuda::CUDAGuard guard(input.device());
   const auto acc = acc_dtype(input.scalar_type());
+  const double cap = check_softcap(softcap, acc);
+  const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
   if (loss.numel() == 0) return {loss, lse};
@@ -182,7 +191,7 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cuda(const at::Ten
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_prob_forward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
     p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
     p.loss = loss.mutable_data_ptr<acc_t>();
     p.lse = lse.mutable_data_ptr<acc_t>();
@@ -197,13 +206,15 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cuda(const at::Ten
 at::Tensor cross_entropy_prob_backward_cuda(const at::Tensor& grad_loss, const std::optional<at::Tensor>& grad_lse,
                                             const at::Tensor& input, const at::Tensor& target,
                                             const std::optional<at::Tensor>& weight, const at::Tensor& lse,
-                                            double label_smoothing) {
+                                            double label_smoothing, bool off_target,
+                                            std::optional<double> softcap) {
   const XentShape sh = check_prob_forward(input, target, weight, label_smoothing);
   check_backward_extras(grad_loss, grad_lse, lse, sh, input);
+  const auto acc = acc_dtype(input.scalar_type());
+  const double cap = check_softcap(softcap, acc);
   const c10::cuda::CUDAGuard guard(input.device());
   at::Tensor grad = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
   if (grad.numel() == 0) return grad;
-  const auto acc = acc_dtype(input.scalar_type());
   const Common c = common(input, weight, acc);
   const at::Tensor y = target.to(input.scalar_type()).contiguous();
   const at::Tensor g = grad_as_acc(grad_loss, acc);
@@ -215,7 +226,7 @@ at::Tensor cross_entropy_prob_backward_cuda(const at::Tensor& grad_loss, const s
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_prob_backward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing);
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
     p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
     p.grad_loss = g.const_data_ptr<acc_t>();
     p.grad_lse = has_gl ? gl.const_data_ptr<acc_t>() : nullptr;
@@ -229,6 +240,96 @@ at::Tensor cross_entropy_prob_backward_cuda(const at::Tensor& grad_loss, const s
   return grad;
 }
 
+namespace {
+
+// Both fused ops. `grad` is a fresh contiguous tensor, or `input` itself (in place: the caller has
+// checked that it is contiguous, and the kernels read every logit of a row before overwriting it).
+std::tuple<at::Tensor, at::Tensor> fused_into(const at::Tensor& input, const at::Tensor& target,
+                                              const std::optional<at::Tensor>& weight, int64_t ignore_index,
+                                              double label_smoothing, bool off_target, double z_loss,
+                                              const std::optional<at::Tensor>& grad_scale, const at::Tensor& grad,
+                                              const XentShape& sh, double cap) {
+  const auto acc = acc_dtype(input.scalar_type());
+  at::Tensor loss = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
+  if (input.numel() == 0) return {loss, lse};
+  const Common c = common(input, weight, acc);
+  const at::Tensor t = index_target_as_int64(target);
+  const bool has_gs = grad_scale.has_value() && grad_scale->defined();
+  // Converted on the device and read there by the kernels: no .item(), no sync.
+  const at::Tensor gs = has_gs ? grad_scale->to(acc).reshape({}).contiguous() : at::Tensor();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(input.get_device());
+  SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_fused (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
+    p.target = t.const_data_ptr<int64_t>();
+    p.ignore_index = ignore_index;
+    p.loss = loss.mutable_data_ptr<acc_t>();
+    p.lse = lse.mutable_data_ptr<acc_t>();
+    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
+    p.z_loss = static_cast<acc_t>(z_loss);
+    p.grad_scale = has_gs ? gs.const_data_ptr<acc_t>() : nullptr;
+    const size_t ws_bytes = fused_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
+    launch_index_fused<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {loss, lse};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cross_entropy_fused_cuda(
+    const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
+    double label_smoothing, bool off_target, std::optional<double> softcap, double z_loss,
+    const std::optional<at::Tensor>& grad_scale) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  const double cap = check_softcap(softcap, acc_dtype(input.scalar_type()));
+  check_fused_extras(z_loss, grad_scale, input, /*inplace=*/false);
+  const c10::cuda::CUDAGuard guard(input.device());
+  at::Tensor grad = at::empty(input.sizes(), input.options().memory_format(at::MemoryFormat::Contiguous));
+  auto [loss, lse] = fused_into(input, target, weight, ignore_index, label_smoothing, off_target, z_loss, grad_scale,
+                                grad, sh, cap);
+  return {loss, lse, grad};
+}
+
+std::tuple<at::Tensor, at::Tensor> cross_entropy_fused_inplace_cuda(
+    at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight, int64_t ignore_index,
+    double label_smoothing, bool off_target, std::optional<double> softcap, double z_loss,
+    const std::optional<at::Tensor>& grad_scale) {
+  const XentShape sh = check_index_forward(input, target, weight, label_smoothing);
+  const double cap = check_softcap(softcap, acc_dtype(input.scalar_type()));
+  check_fused_extras(z_loss, grad_scale, input, /*inplace=*/true);
+  const c10::cuda::CUDAGuard guard(input.device());
+  return fused_into(input, target, weight, ignore_index, label_smoothing, off_target, z_loss, grad_scale, input, sh,
+                    cap);
+}
+
+void scale_grad_rows_cuda(at::Tensor& grad, const at::Tensor& scale) {
+  const XentShape sh = check_scale_rows(grad, scale);
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  if (grad.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor f = scale.to(acc_dtype(grad.scalar_type())).contiguous();  // on the device: no sync
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const int sms = num_sms(grad.get_device());
+  SMOOTHING_DISPATCH(grad.scalar_type(), "smoothing_ext::_scale_grad_rows_ (CUDA)", [&] {
+    using kt = typename KernelType<scalar_t>::type;
+    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+    ScaleParams<kt, acc_t> q{};
+    q.g = reinterpret_cast<kt*>(grad.mutable_data_ptr());
+    q.scale = f.const_data_ptr<acc_t>();
+    q.scale_numel = f.numel();
+    q.N = N;
+    q.C = C;
+    q.S = S;
+    launch_scale_rows<kt, acc_t>(q, sms, stream);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
 }  // namespace smoothing_ext::cuda
 
 TORCH_LIBRARY_IMPL(smoothing_ext, CUDA, m) {
@@ -236,4 +337,7 @@ TORCH_LIBRARY_IMPL(smoothing_ext, CUDA, m) {
   m.impl("_cross_entropy_backward", &smoothing_ext::cuda::cross_entropy_backward_cuda);
   m.impl("cross_entropy_prob_forward", &smoothing_ext::cuda::cross_entropy_prob_forward_cuda);
   m.impl("_cross_entropy_prob_backward", &smoothing_ext::cuda::cross_entropy_prob_backward_cuda);
+  m.impl("cross_entropy_fused", &smoothing_ext::cuda::cross_entropy_fused_cuda);
+  m.impl("cross_entropy_fused_", &smoothing_ext::cuda::cross_entropy_fused_inplace_cuda);
+  m.impl("_scale_grad_rows_", &smoothing_ext::cuda::scale_grad_rows_cuda);
 }

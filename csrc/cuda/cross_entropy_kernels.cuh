@@ -38,6 +38,19 @@
 // row's loss (its lse is still computed), and the backward writes NaN over that row's gradient. No
 // device-side assert (it would poison the CUDA context) and no host synchronisation.
 //
+// Soft-capping (c tanh(x / c)) is the template flag CAP: applied to every logit as it is converted to
+// acc_t (load_x), and the chain-rule factor 1 - (y / c)^2 to every gradient element as it is stored
+// (grad_elem). CAP = false instances contain none of it.
+//
+// Fused forward + gradient (index targets, cross_entropy_fused / cross_entropy_fused_): one kernel per
+// row decomposition that reduces the row, writes loss and lse, then sweeps the row again (from cache)
+// writing the gradient with grad_loss = s, grad_lse = 2 z s lse. The gradient may alias the logits
+// (in-place form): every thread reads the target logit and its share of the row before the barrier
+// that completes the reduction, and in the sweep each element is read and then written by the same
+// thread. Split rows (few rows, huge C) cannot finish a row inside one block, so there the fused op
+// runs three kernels: partial statistics, the combine (loss, lse, and the capped target logit saved
+// to a workspace because its block may overwrite it), then the elementwise gradient.
+//
 // Offsets are int64 everywhere (N * C passes 2^31 at 32k tokens x 128k classes).
 #pragma once
 
@@ -92,6 +105,14 @@ struct XentParams {
   scalar_t* grad_input;
   // probability backward: per-row A = sum_j w_j q_j (workspace, N * S)
   acc_t* row_a;
+  acc_t cap;                 // soft-cap c > 0 (read only by CAP = true instances)
+  // fused: grad = s d(loss + z lse^2 [t != ignore_index]) / dx with s = *grad_scale (1 if nullptr),
+  // read on the device so that a scale living on the GPU (AMP's loss scale) costs no sync.
+  acc_t z_loss;
+  const acc_t* grad_scale;
+  // fused, split rows: the capped target logit of each row, saved by the combine kernel (N * S);
+  // nullptr otherwise.
+  acc_t* row_xt;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -159,6 +180,17 @@ constexpr int kUnroll = sizeof(scalar_t) == 8 ? 2 : 4;
 template <typename scalar_t>
 __device__ __forceinline__ Pack<scalar_t> load_pack(const scalar_t* p) {
   return *reinterpret_cast<const Pack<scalar_t>*>(p);
+}
+
+// A logit in acc_t, soft-capped when CAP.
+template <bool CAP, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t load_x(const XentParams<scalar_t, acc_t>& p, scalar_t raw) {
+  const acc_t v = to_acc(raw);
+  if constexpr (CAP) {
+    return softcap_apply(v, p.cap);
+  } else {
+    return v;
+  }
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -316,14 +348,14 @@ __device__ __forceinline__ void push_one(const XentParams<scalar_t, acc_t>& p, R
   }
 }
 
-template <int MODE, typename scalar_t, typename acc_t>
+template <int MODE, bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, RowStats<acc_t>& s, int64_t j,
                                           const Pack<scalar_t>& xp, const Pack<scalar_t>& yp) {
   constexpr int V = Pack<scalar_t>::kN;
   acc_t xv[V];
   if (MODE != kModeProbA) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) xv[k] = to_acc(xp.v[k]);
+    for (int k = 0; k < V; ++k) xv[k] = load_x<CAP>(p, xp.v[k]);
     acc_t mx = xv[0];
 #pragma unroll
     for (int k = 1; k < V; ++k) mx = xv[k] > mx ? xv[k] : mx;
@@ -353,7 +385,7 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
 
 // Accumulates row elements [j0, j0 + len) with `nthr` threads (this one is `lane`).
 // xr / yr point at element 0 of the (contiguous) row.
-template <int MODE, typename scalar_t, typename acc_t>
+template <int MODE, bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& p, const scalar_t* xr,
                                              const scalar_t* yr, int64_t j0, int64_t len, int lane, int nthr,
                                              RowStats<acc_t>& s) {
@@ -370,7 +402,7 @@ __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& 
 
   for (int64_t k = lane; k < head; k += nthr) {
     const int64_t j = j0 + k;
-    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : to_acc(xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
+    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : load_x<CAP>(p, xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
   }
   const int64_t jv = j0 + head;
   const int64_t nvec = (len - head) / V;
@@ -388,7 +420,7 @@ __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& 
       }
     }
 #pragma unroll
-    for (int u = 0; u < U; ++u) push_pack<MODE>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+    for (int u = 0; u < U; ++u) push_pack<MODE, CAP>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
   }
   for (; i < nvec; i += nthr) {
     const int64_t j = jv + i * V;
@@ -398,16 +430,25 @@ __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& 
 #pragma unroll
       for (int k = 0; k < V; ++k) yp[0].v[k] = yr[j + k];
     }
-    push_pack<MODE>(p, s, j, xp[0], yp[0]);
+    push_pack<MODE, CAP>(p, s, j, xp[0], yp[0]);
   }
   for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
     const int64_t j = j0 + k;
-    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : to_acc(xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
+    push_one<MODE>(p, s, j, MODE == kModeProbA ? zero : load_x<CAP>(p, xr[j]), MODE == kModeIndex ? zero : to_acc(yr[j]));
   }
 }
 
+// Loss of an index-target row from its lse, sum_j w_j x_j and the (capped) target logit x_t.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t index_loss(const XentParams<scalar_t, acc_t>& p, int64_t t, acc_t lse, acc_t sum_wx,
+                                            acc_t x_t) {
+  if (t == p.ignore_index) return acc_t(0);
+  if (t < 0 || t >= p.C) return quiet_nan<acc_t>();  // out-of-range class index: documented NaN, no assert, no sync
+  return index_row_loss(lse, x_t, sum_wx, weight_at(p, t), weight_sum(p), SmoothCoefs<acc_t>{p.on, p.off});
+}
+
 // Writes the outputs of row `pos` from its complete statistics.
-template <int MODE, typename scalar_t, typename acc_t>
+template <int MODE, bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void finish_row(const XentParams<scalar_t, acc_t>& p, int64_t pos,
                                            const RowStats<acc_t>& s) {
   if (MODE == kModeProbA) {
@@ -421,16 +462,10 @@ __device__ __forceinline__ void finish_row(const XentParams<scalar_t, acc_t>& p,
     return;
   }
   const int64_t t = p.target[pos];
-  acc_t loss;
-  if (t == p.ignore_index) {
-    loss = acc_t(0);
-  } else if (t < 0 || t >= p.C) {
-    loss = quiet_nan<acc_t>();  // out-of-range class index: documented NaN, no assert, no sync
-  } else {
-    const acc_t x_t = to_acc(p.x[row_base(pos, p.C, p.S) + t * p.S]);
-    loss = index_row_loss(lse, x_t, s.a, weight_at(p, t), weight_sum(p), SmoothCoefs<acc_t>{p.on, p.off});
-  }
-  p.loss[pos] = loss;
+  acc_t x_t = acc_t(0);
+  if (t != p.ignore_index && t >= 0 && t < p.C) x_t = load_x<CAP>(p, p.x[row_base(pos, p.C, p.S) + t * p.S]);
+  p.loss[pos] = index_loss(p, t, lse, s.a, x_t);
+  if (p.row_xt != nullptr) p.row_xt[pos] = x_t;  // fused split rows: the gradient kernel's copy
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -443,7 +478,7 @@ constexpr int kGroupBlock = 256;  // row-per-group kernels (G > 0): 256 threads 
 // S == 1. Task = (row, chunk); `splits` chunks of `chunk` elements per row. With splits > 1 the
 // statistics of each chunk go to partial[row * splits + chunk] for fwd_combine_kernel.
 // minBlocksPerSM = 1: without it ptxas spills (double) to stay at 64 registers.
-template <typename scalar_t, typename acc_t, int MODE, int G>
+template <typename scalar_t, typename acc_t, int MODE, bool CAP, int G>
 __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1)
     fwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk, RowStats<acc_t>* partial) {
   __shared__ RowStats<acc_t> red[32];
@@ -461,12 +496,12 @@ __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1)
       const int64_t len = p.C - j0 < chunk ? p.C - j0 : chunk;
       const scalar_t* xr = MODE == kModeProbA ? nullptr : p.x + row * p.C;
       const scalar_t* yr = MODE == kModeIndex ? nullptr : p.y + row * p.C;
-      scan_segment<MODE>(p, xr, yr, j0, len, group_lane<G>(), group_size<G>(), s);
+      scan_segment<MODE, CAP>(p, xr, yr, j0, len, group_lane<G>(), group_size<G>(), s);
     }
     s = group_reduce<G>(s, red);
     if (active && group_lane<G>() == 0) {
       if (splits == 1) {
-        finish_row<MODE>(p, row, s);
+        finish_row<MODE, CAP>(p, row, s);
       } else {
         partial[task] = s;
       }
@@ -475,7 +510,7 @@ __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1)
 }
 
 // Merges the `splits` partial statistics of each row in chunk order (deterministic) and finishes it.
-template <typename scalar_t, typename acc_t, int MODE>
+template <typename scalar_t, typename acc_t, int MODE, bool CAP>
 __global__ void __launch_bounds__(256)
     fwd_combine_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, const RowStats<acc_t>* partial) {
   const int64_t rows = p.N * p.S;
@@ -483,7 +518,7 @@ __global__ void __launch_bounds__(256)
        row += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     RowStats<acc_t> s = partial[row * splits];
     for (int64_t k = 1; k < splits; ++k) s = stats_merge(s, partial[row * splits + k]);
-    finish_row<MODE>(p, row, s);
+    finish_row<MODE, CAP>(p, row, s);
   }
 }
 
@@ -491,7 +526,7 @@ constexpr int kStridedX = 32;  // positions per block (threadIdx.x)
 constexpr int kStridedY = 8;   // class slices per block (threadIdx.y)
 
 // S > 1: rows are strided by S; threads run across consecutive positions.
-template <typename scalar_t, typename acc_t, int MODE>
+template <typename scalar_t, typename acc_t, int MODE, bool CAP>
 __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 : 4) fwd_strided_kernel(XentParams<scalar_t, acc_t> p) {
   __shared__ RowStats<acc_t> red[kStridedY][kStridedX];
   const int64_t npos = p.N * p.S;
@@ -503,7 +538,7 @@ __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 
       const int64_t base = row_base(pos, C, S);
       for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
         const int64_t off = base + j * S;
-        push_one<MODE>(p, s, j, MODE == kModeProbA ? acc_t(0) : to_acc(p.x[off]),
+        push_one<MODE>(p, s, j, MODE == kModeProbA ? acc_t(0) : load_x<CAP>(p, p.x[off]),
                        MODE == kModeIndex ? acc_t(0) : to_acc(p.y[off]));
       }
     }
@@ -511,7 +546,7 @@ __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 
     __syncthreads();
     if (threadIdx.y == 0 && pos < npos) {
       for (int k = 1; k < kStridedY; ++k) s = stats_merge(s, red[k][threadIdx.x]);
-      finish_row<MODE>(p, pos, s);
+      finish_row<MODE, CAP>(p, pos, s);
     }
     __syncthreads();
   }
@@ -530,21 +565,15 @@ struct BwdRow {
   bool zero;
 };
 
-template <bool PROB, typename scalar_t, typename acc_t>
-__device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_t>& p, int64_t pos) {
+// Index-target row from its upstream gradients g (of the loss) and gl (of lse) and the (capped)
+// target logit x_t, which is only read for a valid, not ignored t.
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ BwdRow<acc_t> index_bwd_row(const XentParams<scalar_t, acc_t>& p, int64_t t, acc_t lse,
+                                                       acc_t g, acc_t gl, acc_t x_t) {
   BwdRow<acc_t> r;
-  r.lse = p.lse_in[pos];
+  r.lse = lse;
   r.t = -1;
   r.tv = acc_t(0);
-  const acc_t g = p.grad_loss[pos];
-  const acc_t gl = p.grad_lse != nullptr ? p.grad_lse[pos] : acc_t(0);
-  if (PROB) {
-    r.A = g * p.row_a[pos] + gl;
-    r.B = g;
-    r.zero = false;
-    return r;
-  }
-  const int64_t t = p.target[pos];
   if (t == p.ignore_index) {
     r.A = gl;  // only the lse term reaches an ignored row
     r.B = acc_t(0);
@@ -557,18 +586,61 @@ __device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_
     r.A = g * index_p_coef(w_t, W, c) + gl;
     r.B = g * c.off;
     r.t = t;
-    const acc_t x_t = to_acc(p.x[row_base(pos, p.C, p.S) + t * p.S]);
-    r.tv = g * index_target_grad(x_t, r.lse, w_t, W, c);
-    if (gl != acc_t(0)) r.tv += gl * se_exp(x_t - r.lse);
+    r.tv = g * index_target_grad(x_t, lse, w_t, W, c);
+    if (gl != acc_t(0)) r.tv += gl * se_exp(x_t - lse);
   }
   r.zero = (r.A == acc_t(0) && r.B == acc_t(0));
   return r;
 }
 
-template <bool PROB, typename scalar_t, typename acc_t>
+// Fused op: g = s, gl = 2 z s lse for rows with a target; an ignored row gets neither (gradient 0).
+// z == 0 gives gl = 0 exactly, whatever lse is (no 0 * inf).
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ void fused_upstream(const XentParams<scalar_t, acc_t>& p, int64_t t, acc_t lse, acc_t& g,
+                                               acc_t& gl) {
+  g = p.grad_scale != nullptr ? *p.grad_scale : acc_t(1);
+  gl = (p.z_loss != acc_t(0) && t != p.ignore_index) ? acc_t(2) * p.z_loss * g * lse : acc_t(0);
+}
+
+// FUSED: the gradient pass of the fused op on split rows (upstream gradients from grad_scale / z_loss,
+// x_t from row_xt). A template flag, so that the plain backward kernels carry none of it.
+template <bool PROB, bool CAP, bool FUSED, typename scalar_t, typename acc_t>
+__device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_t>& p, int64_t pos) {
+  const acc_t lse = p.lse_in[pos];
+  if (PROB) {
+    BwdRow<acc_t> r;
+    const acc_t g = p.grad_loss[pos];
+    const acc_t gl = p.grad_lse != nullptr ? p.grad_lse[pos] : acc_t(0);
+    r.lse = lse;
+    r.t = -1;
+    r.tv = acc_t(0);
+    r.A = g * p.row_a[pos] + gl;
+    r.B = g;
+    r.zero = false;
+    return r;
+  }
+  const int64_t t = p.target[pos];
+  const bool has_t = t != p.ignore_index && t >= 0 && t < p.C;
+  acc_t g, gl, x_t = acc_t(0);
+  if constexpr (FUSED) {
+    // in place, another block may already have overwritten x_t: the combine kernel's copy
+    fused_upstream(p, t, lse, g, gl);
+    if (has_t) x_t = p.row_xt[pos];
+  } else {
+    g = p.grad_loss[pos];
+    gl = p.grad_lse != nullptr ? p.grad_lse[pos] : acc_t(0);
+    if (has_t) x_t = load_x<CAP>(p, p.x[row_base(pos, p.C, p.S) + t * p.S]);
+  }
+  return index_bwd_row(p, t, lse, g, gl, x_t);
+}
+
+// v: the (capped) logit x_j; yv: the probability target (PROB).
+template <bool PROB, bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r, int64_t j,
                                            acc_t v, acc_t yv) {
-  if (!PROB && j == r.t) return r.tv;
+  acc_t slope = acc_t(1);
+  if constexpr (CAP) slope = softcap_slope(v, p.cap);
+  if (!PROB && j == r.t) return r.tv * slope;
   if (r.zero) return acc_t(0);
   acc_t b;
   if (PROB) {
@@ -577,15 +649,92 @@ __device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p,
   } else {
     b = weight_at(p, j);
   }
-  return r.A * elem_exp(v - r.lse) - r.B * b;
+  const acc_t gv = r.A * elem_exp(v - r.lse) - r.B * b;
+  if constexpr (CAP) {
+    return gv * slope;
+  } else {
+    return gv;
+  }
 }
 
-// S == 1. Elementwise over segments [j0, j0 + len) of rows, same decomposition as the forward.
-template <typename scalar_t, typename acc_t, bool PROB, int G>
-__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock)
-    bwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk) {
+// Writes the gradient of row elements [j0, j0 + len) with `nthr` threads (this one is `lane`); xr / yr
+// / gr point at element 0 of the contiguous row. Each element is read and written by the same thread,
+// so gr may be xr (in-place fused op).
+template <bool PROB, bool CAP, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r,
+                                             const scalar_t* xr, const scalar_t* yr, scalar_t* gr, int64_t j0,
+                                             int64_t len, int lane, int nthr) {
   constexpr int V = Pack<scalar_t>::kN;
   constexpr int U = kUnroll<scalar_t>;
+  const uintptr_t mis = reinterpret_cast<uintptr_t>(xr + j0) & 15u;
+  int64_t head = static_cast<int64_t>(((16u - mis) & 15u) / sizeof(scalar_t));
+  if (head > len) head = len;
+  const bool y_vec = PROB && ((reinterpret_cast<uintptr_t>(yr + j0) & 15u) == mis);
+  const bool g_vec = (reinterpret_cast<uintptr_t>(gr + j0) & 15u) == mis;
+
+  for (int64_t k = lane; k < head; k += nthr) {
+    const int64_t j = j0 + k;
+    gr[j] = FromAcc<scalar_t>::cvt(
+        grad_elem<PROB, CAP>(p, r, j, load_x<CAP>(p, xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
+  }
+  const int64_t jv = j0 + head;
+  const int64_t nvec = (len - head) / V;
+  for (int64_t i = lane; i < nvec; i += U * static_cast<int64_t>(nthr)) {
+    Pack<scalar_t> xp[U], yp[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t iu = i + u * static_cast<int64_t>(nthr);
+      if (iu < nvec) {
+        const int64_t j = jv + iu * V;
+        xp[u] = load_pack(xr + j);
+        if (PROB) {
+          if (y_vec) {
+            yp[u] = load_pack(yr + j);
+          } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) yp[u].v[k] = yr[j + k];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t iu = i + u * static_cast<int64_t>(nthr);
+      if (iu < nvec) {
+        const int64_t j = jv + iu * V;
+        Pack<scalar_t> out;
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          out.v[k] = FromAcc<scalar_t>::cvt(grad_elem<PROB, CAP>(p, r, j + k, load_x<CAP>(p, xp[u].v[k]),
+                                                                 PROB ? to_acc(yp[u].v[k]) : acc_t(0)));
+        }
+        if (g_vec) {
+          *reinterpret_cast<Pack<scalar_t>*>(gr + j) = out;
+        } else {
+#pragma unroll
+          for (int k = 0; k < V; ++k) gr[j + k] = out.v[k];
+        }
+      }
+    }
+  }
+  for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
+    const int64_t j = j0 + k;
+    gr[j] = FromAcc<scalar_t>::cvt(
+        grad_elem<PROB, CAP>(p, r, j, load_x<CAP>(p, xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
+  }
+}
+
+// minBlocksPerSM of bwd_rows_kernel. 0 emits none: ptxas's own register choice, which keeps the plain
+// float kernels at higher occupancy than a bound of 1 would. Where that choice (64 registers at 512
+// threads, 80 at 256) spills -- double probability targets, and some soft-capped / fused-split
+// instances -- 1 lets ptxas use what the code needs.
+template <typename acc_t, bool PROB, bool CAP, bool FUSED>
+constexpr int kBwdMinBlocks = (CAP || FUSED || (PROB && sizeof(acc_t) == 8)) ? 1 : 0;
+
+// S == 1. Elementwise over segments [j0, j0 + len) of rows, same decomposition as the forward.
+template <typename scalar_t, typename acc_t, bool PROB, bool CAP, bool FUSED, int G>
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, (kBwdMinBlocks<acc_t, PROB, CAP, FUSED>))
+    bwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk) {
   const int64_t gpb = groups_per_block<G>();
   const int64_t ntasks = p.N * splits;
   const int lane = group_lane<G>(), nthr = group_size<G>();
@@ -595,83 +744,205 @@ __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock)
     const int64_t row = task / splits;
     const int64_t j0 = (task % splits) * chunk;
     const int64_t len = p.C - j0 < chunk ? p.C - j0 : chunk;
-    const BwdRow<acc_t> r = bwd_row<PROB>(p, row);
-    const scalar_t* xr = p.x + row * p.C;
-    const scalar_t* yr = PROB ? p.y + row * p.C : nullptr;
-    scalar_t* gr = p.grad_input + row * p.C;
-    const uintptr_t mis = reinterpret_cast<uintptr_t>(xr + j0) & 15u;
-    int64_t head = static_cast<int64_t>(((16u - mis) & 15u) / sizeof(scalar_t));
-    if (head > len) head = len;
-    const bool y_vec = PROB && ((reinterpret_cast<uintptr_t>(yr + j0) & 15u) == mis);
-    const bool g_vec = (reinterpret_cast<uintptr_t>(gr + j0) & 15u) == mis;
-
-    for (int64_t k = lane; k < head; k += nthr) {
-      const int64_t j = j0 + k;
-      gr[j] = FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
-    }
-    const int64_t jv = j0 + head;
-    const int64_t nvec = (len - head) / V;
-    int64_t i = lane;
-    for (; i < nvec; i += U * static_cast<int64_t>(nthr)) {
-      Pack<scalar_t> xp[U], yp[U];
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t iu = i + u * static_cast<int64_t>(nthr);
-        if (iu < nvec) {
-          const int64_t j = jv + iu * V;
-          xp[u] = load_pack(xr + j);
-          if (PROB) {
-            if (y_vec) {
-              yp[u] = load_pack(yr + j);
-            } else {
-#pragma unroll
-              for (int k = 0; k < V; ++k) yp[u].v[k] = yr[j + k];
-            }
-          }
-        }
-      }
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        const int64_t iu = i + u * static_cast<int64_t>(nthr);
-        if (iu < nvec) {
-          const int64_t j = jv + iu * V;
-          Pack<scalar_t> out;
-#pragma unroll
-          for (int k = 0; k < V; ++k) {
-            out.v[k] = FromAcc<scalar_t>::cvt(
-                grad_elem<PROB>(p, r, j + k, to_acc(xp[u].v[k]), PROB ? to_acc(yp[u].v[k]) : acc_t(0)));
-          }
-          if (g_vec) {
-            *reinterpret_cast<Pack<scalar_t>*>(gr + j) = out;
-          } else {
-#pragma unroll
-            for (int k = 0; k < V; ++k) gr[j + k] = out.v[k];
-          }
-        }
-      }
-    }
-    for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
-      const int64_t j = j0 + k;
-      gr[j] = FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(xr[j]), PROB ? to_acc(yr[j]) : acc_t(0)));
-    }
+    const BwdRow<acc_t> r = bwd_row<PROB, CAP, FUSED>(p, row);
+    grad_segment<PROB, CAP>(p, r, p.x + row * p.C, PROB ? p.y + row * p.C : nullptr, p.grad_input + row * p.C, j0,
+                            len, lane, nthr);
   }
 }
 
 // S > 1: thread (x, y) owns position tile * 32 + x and classes y, y + 8, ...
-template <typename scalar_t, typename acc_t, bool PROB>
+template <typename scalar_t, typename acc_t, bool PROB, bool CAP>
 __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 : 4) bwd_strided_kernel(XentParams<scalar_t, acc_t> p) {
   const int64_t npos = p.N * p.S;
   const int64_t C = p.C, S = p.S;
   for (int64_t tile = blockIdx.x; tile * kStridedX < npos; tile += gridDim.x) {
     const int64_t pos = tile * kStridedX + threadIdx.x;
     if (pos >= npos) continue;
-    const BwdRow<acc_t> r = bwd_row<PROB>(p, pos);
+    const BwdRow<acc_t> r = bwd_row<PROB, CAP, false>(p, pos);
     const int64_t base = row_base(pos, C, S);
     for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
       const int64_t off = base + j * S;
-      p.grad_input[off] =
-          FromAcc<scalar_t>::cvt(grad_elem<PROB>(p, r, j, to_acc(p.x[off]), PROB ? to_acc(p.y[off]) : acc_t(0)));
+      p.grad_input[off] = FromAcc<scalar_t>::cvt(
+          grad_elem<PROB, CAP>(p, r, j, load_x<CAP>(p, p.x[off]), PROB ? to_acc(p.y[off]) : acc_t(0)));
     }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// fused forward + gradient (index targets)
+// ------------------------------------------------------------------------------------------------
+
+// S == 1, whole rows (splits == 1): a group (8 lanes, a warp or the block) reduces its row, writes
+// loss and lse, and writes the gradient. p.grad_input may equal p.x.
+template <typename scalar_t, typename acc_t, bool CAP, int G>
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1) fused_rows_kernel(XentParams<scalar_t, acc_t> p) {
+  __shared__ RowStats<acc_t> red[32];
+  __shared__ RowStats<acc_t> bcast;  // G == 0: block_reduce leaves the result in thread 0 only
+  const int64_t gpb = groups_per_block<G>();
+  const int lane = group_lane<G>(), nthr = group_size<G>();
+  // The loop bound is uniform over the block, so every lane reaches the shuffles and barriers.
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * gpb; base < p.N; base += static_cast<int64_t>(gridDim.x) * gpb) {
+    const int64_t row = base + group_id<G>();
+    const bool active = row < p.N;
+    RowStats<acc_t> s = stats_empty<acc_t>();
+    int64_t t = 0;
+    acc_t x_t = acc_t(0);
+    if (active) {
+      const scalar_t* xr = p.x + row * p.C;
+      scan_segment<kModeIndex, CAP>(p, xr, static_cast<const scalar_t*>(nullptr), 0, p.C, lane, nthr, s);
+      t = p.target[row];
+      // Read here, before the barrier below: after it, the lane that owns x_t may overwrite it.
+      if (t != p.ignore_index && t >= 0 && t < p.C) x_t = load_x<CAP>(p, xr[t]);
+    }
+    s = group_reduce<G>(s, red);
+    if constexpr (G == 0) {
+      if (threadIdx.x == 0) bcast = s;
+      __syncthreads();  // also orders every read of the row before the first gradient store
+      s = bcast;        // rewritten only after the two barriers of the next block_reduce
+    } else {
+      __syncwarp();  // the reads of the row by all lanes happen before any lane's store
+    }
+    if (!active) continue;
+    const acc_t lse = lse_from_parts(s.m, s.cnt, s.rest);
+    if (lane == 0) {
+      p.lse[row] = lse;
+      p.loss[row] = index_loss(p, t, lse, s.a, x_t);
+    }
+    acc_t g, gl;
+    fused_upstream(p, t, lse, g, gl);
+    const BwdRow<acc_t> r = index_bwd_row(p, t, lse, g, gl, x_t);
+    grad_segment<false, CAP>(p, r, p.x + row * p.C, static_cast<const scalar_t*>(nullptr),
+                             p.grad_input + row * p.C, 0, p.C, lane, nthr);
+  }
+}
+
+// S > 1: the forward strided decomposition, then the gradient by the same threads. Each element is
+// read (twice) and written by one thread; the target logit is read by thread y = 0 before the barrier
+// after which the thread owning it may overwrite it.
+template <typename scalar_t, typename acc_t, bool CAP>
+__global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 : 4)
+    fused_strided_kernel(XentParams<scalar_t, acc_t> p) {
+  __shared__ RowStats<acc_t> red[kStridedY][kStridedX];
+  __shared__ BwdRow<acc_t> rows[kStridedX];
+  const int64_t npos = p.N * p.S;
+  const int64_t C = p.C, S = p.S;
+  for (int64_t tile = blockIdx.x; tile * kStridedX < npos; tile += gridDim.x) {
+    const int64_t pos = tile * kStridedX + threadIdx.x;
+    const int64_t base = pos < npos ? row_base(pos, C, S) : 0;
+    RowStats<acc_t> s = stats_empty<acc_t>();
+    if (pos < npos) {
+      for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
+        push_one<kModeIndex>(p, s, j, load_x<CAP>(p, p.x[base + j * S]), acc_t(0));
+      }
+    }
+    red[threadIdx.y][threadIdx.x] = s;
+    int64_t t = 0;
+    acc_t x_t = acc_t(0);
+    if (threadIdx.y == 0 && pos < npos) {
+      t = p.target[pos];
+      if (t != p.ignore_index && t >= 0 && t < C) x_t = load_x<CAP>(p, p.x[base + t * S]);
+    }
+    __syncthreads();
+    if (threadIdx.y == 0 && pos < npos) {
+      for (int k = 1; k < kStridedY; ++k) s = stats_merge(s, red[k][threadIdx.x]);
+      const acc_t lse = lse_from_parts(s.m, s.cnt, s.rest);
+      p.lse[pos] = lse;
+      p.loss[pos] = index_loss(p, t, lse, s.a, x_t);
+      acc_t g, gl;
+      fused_upstream(p, t, lse, g, gl);
+      rows[threadIdx.x] = index_bwd_row(p, t, lse, g, gl, x_t);
+    }
+    __syncthreads();
+    if (pos < npos) {
+      const BwdRow<acc_t> r = rows[threadIdx.x];  // rewritten only after the next tile's first barrier
+      for (int64_t j = threadIdx.y; j < C; j += kStridedY) {
+        const int64_t off = base + j * S;
+        p.grad_input[off] = FromAcc<scalar_t>::cvt(grad_elem<false, CAP>(p, r, j, load_x<CAP>(p, p.x[off]), acc_t(0)));
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// per-row scaling of a gradient (_scale_grad_rows_)
+// ------------------------------------------------------------------------------------------------
+
+// g (N, C, S) contiguous, in place; row pos = n * S + s is multiplied by scale[pos] (scale[0] when
+// scale_numel == 1). A row whose factor is exactly 1 is neither read nor written: the common case
+// (upstream gradient 1) costs nothing, and the rows stay bit-identical.
+template <typename scalar_t, typename acc_t>
+struct ScaleParams {
+  scalar_t* g;
+  const acc_t* scale;
+  int64_t scale_numel;
+  int64_t N, C, S;
+};
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t row_factor(const ScaleParams<scalar_t, acc_t>& q, int64_t pos) {
+  return q.scale[q.scale_numel == 1 ? 0 : pos];
+}
+
+template <typename scalar_t, typename acc_t>
+__device__ __forceinline__ scalar_t scale_elem(scalar_t v, acc_t f) {
+  return FromAcc<scalar_t>::cvt(to_acc(v) * f);
+}
+
+// S == 1: the rows decomposition of plan_rows (tasks = (row, chunk)).
+template <typename scalar_t, typename acc_t, int G>
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock)
+    scale_rows_kernel(ScaleParams<scalar_t, acc_t> q, int64_t splits, int64_t chunk) {
+  constexpr int V = Pack<scalar_t>::kN;
+  constexpr int U = kUnroll<scalar_t>;
+  const int64_t gpb = groups_per_block<G>();
+  const int64_t ntasks = q.N * splits;
+  const int lane = group_lane<G>(), nthr = group_size<G>();
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * gpb; base < ntasks; base += static_cast<int64_t>(gridDim.x) * gpb) {
+    const int64_t task = base + group_id<G>();
+    if (task >= ntasks) continue;  // no collectives in this kernel
+    const int64_t row = task / splits;
+    const acc_t f = row_factor(q, row);
+    if (f == acc_t(1)) continue;
+    const int64_t j0 = (task % splits) * chunk;
+    const int64_t len = q.C - j0 < chunk ? q.C - j0 : chunk;
+    scalar_t* gr = q.g + row * q.C + j0;
+    int64_t head = static_cast<int64_t>(((16u - (reinterpret_cast<uintptr_t>(gr) & 15u)) & 15u) / sizeof(scalar_t));
+    if (head > len) head = len;
+    for (int64_t k = lane; k < head; k += nthr) gr[k] = scale_elem(gr[k], f);
+    Pack<scalar_t>* gv = reinterpret_cast<Pack<scalar_t>*>(gr + head);
+    const int64_t nvec = (len - head) / V;
+    for (int64_t i = lane; i < nvec; i += U * static_cast<int64_t>(nthr)) {
+      Pack<scalar_t> pk[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t iu = i + u * static_cast<int64_t>(nthr);
+        if (iu < nvec) pk[u] = gv[iu];
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int64_t iu = i + u * static_cast<int64_t>(nthr);
+        if (iu < nvec) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) pk[u].v[k] = scale_elem(pk[u].v[k], f);
+          gv[iu] = pk[u];
+        }
+      }
+    }
+    for (int64_t k = head + nvec * V + lane; k < len; k += nthr) gr[k] = scale_elem(gr[k], f);
+  }
+}
+
+// S > 1: thread (x, y) owns position tile * 32 + x and classes y, y + 8, ... (coalesced across x).
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kStridedX * kStridedY) scale_strided_kernel(ScaleParams<scalar_t, acc_t> q) {
+  const int64_t npos = q.N * q.S;
+  for (int64_t tile = blockIdx.x; tile * kStridedX < npos; tile += gridDim.x) {
+    const int64_t pos = tile * kStridedX + threadIdx.x;
+    if (pos >= npos) continue;
+    const acc_t f = row_factor(q, pos);
+    if (f == acc_t(1)) continue;
+    const int64_t base = row_base(pos, q.C, q.S);
+    for (int64_t j = threadIdx.y; j < q.C; j += kStridedY) q.g[base + j * q.S] = scale_elem(q.g[base + j * q.S], f);
   }
 }
 
@@ -753,7 +1024,15 @@ inline size_t prob_backward_workspace_bytes(int64_t N, int64_t C, int64_t S, int
          partial_bytes<acc_t>(plan_rows(N * S, C, S, sizeof(scalar_t), num_sms), N * S);
 }
 
-template <typename scalar_t, typename acc_t, int MODE>
+// Workspace of the fused launchers (split rows only): the partial statistics, then row_xt.
+template <typename scalar_t, typename acc_t>
+inline size_t fused_workspace_bytes(int64_t N, int64_t C, int64_t S, int num_sms) {
+  const RowPlan pl = plan_rows(N * S, C, S, sizeof(scalar_t), num_sms);
+  if (pl.splits == 1) return 0;
+  return align_up16(partial_bytes<acc_t>(pl, N * S)) + static_cast<size_t>(N * S) * sizeof(acc_t);
+}
+
+template <typename scalar_t, typename acc_t, int MODE, bool CAP>
 inline void launch_forward_mode(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
                                 cudaStream_t stream) {
   const int64_t rows = p.N * p.S;
@@ -762,21 +1041,21 @@ inline void launch_forward_mode(const XentParams<scalar_t, acc_t>& p, int num_sm
   RowStats<acc_t>* partial = static_cast<RowStats<acc_t>*>(workspace);
   const int64_t splits = pl.splits, chunk = pl.chunk;
   if (pl.kind == kKindStrided) {
-    auto k = &fwd_strided_kernel<scalar_t, acc_t, MODE>;
+    auto k = &fwd_strided_kernel<scalar_t, acc_t, MODE, CAP>;
     SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, p);
   } else if (pl.kind == kKindGroup8) {
-    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 8>;
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, CAP, 8>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
   } else if (pl.kind == kKindWarp) {
-    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 32>;
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, CAP, 32>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
   } else {
-    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, 0>;
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, MODE, CAP, 0>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
     if (splits > 1) {
       int64_t cb = ceil_div(rows, 256);
       if (cb > static_cast<int64_t>(num_sms) * 64) cb = static_cast<int64_t>(num_sms) * 64;
-      auto kc = &fwd_combine_kernel<scalar_t, acc_t, MODE>;
+      auto kc = &fwd_combine_kernel<scalar_t, acc_t, MODE, CAP>;
       const RowStats<acc_t>* cpartial = partial;
       SMOOTHING_LAUNCH(kc, dim3(static_cast<unsigned>(cb)), dim3(256), 0, stream, p, splits, cpartial);
     }
@@ -787,40 +1066,57 @@ inline void launch_forward_mode(const XentParams<scalar_t, acc_t>& p, int num_sm
 template <typename scalar_t, typename acc_t>
 inline void launch_index_forward(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
                                  cudaStream_t stream) {
-  launch_forward_mode<scalar_t, acc_t, kModeIndex>(p, num_sms, workspace, stream);
+  if (p.cap > acc_t(0)) {
+    launch_forward_mode<scalar_t, acc_t, kModeIndex, true>(p, num_sms, workspace, stream);
+  } else {
+    launch_forward_mode<scalar_t, acc_t, kModeIndex, false>(p, num_sms, workspace, stream);
+  }
 }
 
 // Probability targets: writes p.loss and p.lse. workspace: forward_workspace_bytes.
 template <typename scalar_t, typename acc_t>
 inline void launch_prob_forward(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
                                 cudaStream_t stream) {
-  launch_forward_mode<scalar_t, acc_t, kModeProb>(p, num_sms, workspace, stream);
+  if (p.cap > acc_t(0)) {
+    launch_forward_mode<scalar_t, acc_t, kModeProb, true>(p, num_sms, workspace, stream);
+  } else {
+    launch_forward_mode<scalar_t, acc_t, kModeProb, false>(p, num_sms, workspace, stream);
+  }
 }
 
-template <typename scalar_t, typename acc_t, bool PROB>
+template <typename scalar_t, typename acc_t, bool PROB, bool CAP>
 inline void launch_backward_elementwise(const XentParams<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
   const RowPlan pl = plan_rows(p.N * p.S, p.C, p.S, sizeof(scalar_t), num_sms);
   const dim3 grid(static_cast<unsigned>(pl.blocks));
   const int64_t splits = pl.splits, chunk = pl.chunk;
   if (pl.kind == kKindStrided) {
-    auto k = &bwd_strided_kernel<scalar_t, acc_t, PROB>;
+    auto k = &bwd_strided_kernel<scalar_t, acc_t, PROB, CAP>;
     SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, p);
   } else if (pl.kind == kKindGroup8) {
-    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 8>;
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, CAP, false, 8>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
   } else if (pl.kind == kKindWarp) {
-    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 32>;
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, CAP, false, 32>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
   } else {
-    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, 0>;
+    auto k = &bwd_rows_kernel<scalar_t, acc_t, PROB, CAP, false, 0>;
     SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
+  }
+}
+
+template <typename scalar_t, typename acc_t, bool PROB>
+inline void launch_backward_cap(const XentParams<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
+  if (p.cap > acc_t(0)) {
+    launch_backward_elementwise<scalar_t, acc_t, PROB, true>(p, num_sms, stream);
+  } else {
+    launch_backward_elementwise<scalar_t, acc_t, PROB, false>(p, num_sms, stream);
   }
 }
 
 // Index targets: writes p.grad_input. No workspace.
 template <typename scalar_t, typename acc_t>
 inline void launch_index_backward(const XentParams<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
-  launch_backward_elementwise<scalar_t, acc_t, false>(p, num_sms, stream);
+  launch_backward_cap<scalar_t, acc_t, false>(p, num_sms, stream);
 }
 
 // Probability targets: a reduction pass for A = sum_j w_j q_j per row (into the workspace), then the
@@ -829,9 +1125,82 @@ template <typename scalar_t, typename acc_t>
 inline void launch_prob_backward(XentParams<scalar_t, acc_t> p, int num_sms, void* workspace, cudaStream_t stream) {
   const size_t a_bytes = align_up16(static_cast<size_t>(p.N * p.S) * sizeof(acc_t));
   p.row_a = static_cast<acc_t*>(workspace);
-  launch_forward_mode<scalar_t, acc_t, kModeProbA>(p, num_sms, static_cast<unsigned char*>(workspace) + a_bytes,
-                                                   stream);
-  launch_backward_elementwise<scalar_t, acc_t, true>(p, num_sms, stream);
+  // A needs only the targets: never capped
+  launch_forward_mode<scalar_t, acc_t, kModeProbA, false>(p, num_sms, static_cast<unsigned char*>(workspace) + a_bytes,
+                                                          stream);
+  launch_backward_cap<scalar_t, acc_t, true>(p, num_sms, stream);
+}
+
+template <typename scalar_t, typename acc_t, bool CAP>
+inline void launch_index_fused_cap(XentParams<scalar_t, acc_t> p, int num_sms, void* workspace, cudaStream_t stream) {
+  const int64_t rows = p.N * p.S;
+  const RowPlan pl = plan_rows(rows, p.C, p.S, sizeof(scalar_t), num_sms);
+  const dim3 grid(static_cast<unsigned>(pl.blocks));
+  if (pl.kind == kKindStrided) {
+    auto k = &fused_strided_kernel<scalar_t, acc_t, CAP>;
+    SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, p);
+  } else if (pl.kind == kKindGroup8) {
+    auto k = &fused_rows_kernel<scalar_t, acc_t, CAP, 8>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p);
+  } else if (pl.kind == kKindWarp) {
+    auto k = &fused_rows_kernel<scalar_t, acc_t, CAP, 32>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p);
+  } else if (pl.splits == 1) {
+    auto k = &fused_rows_kernel<scalar_t, acc_t, CAP, 0>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p);
+  } else {
+    // Split rows: no block sees a whole row, and a block must not overwrite (in place) logits that
+    // another block still reads. Three kernels, ordered by the stream: partial statistics (read
+    // only), combine (loss, lse, row_xt), elementwise gradient (each element read, then written).
+    // The gradient pass reads the logits a second time; with few rows they are mostly in L2.
+    RowStats<acc_t>* partial = static_cast<RowStats<acc_t>*>(workspace);
+    p.row_xt = reinterpret_cast<acc_t*>(static_cast<unsigned char*>(workspace) +
+                                        align_up16(partial_bytes<acc_t>(pl, rows)));
+    const int64_t splits = pl.splits, chunk = pl.chunk;
+    auto k = &fwd_rows_kernel<scalar_t, acc_t, kModeIndex, CAP, 0>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, p, splits, chunk, partial);
+    int64_t cb = ceil_div(rows, 256);
+    if (cb > static_cast<int64_t>(num_sms) * 64) cb = static_cast<int64_t>(num_sms) * 64;
+    auto kc = &fwd_combine_kernel<scalar_t, acc_t, kModeIndex, CAP>;
+    const RowStats<acc_t>* cpartial = partial;
+    SMOOTHING_LAUNCH(kc, dim3(static_cast<unsigned>(cb)), dim3(256), 0, stream, p, splits, cpartial);
+    p.lse_in = p.lse;
+    auto kg = &bwd_rows_kernel<scalar_t, acc_t, false, CAP, true, 0>;
+    SMOOTHING_LAUNCH(kg, grid, dim3(pl.threads), 0, stream, p, splits, chunk);
+  }
+}
+
+// Fused loss + gradient, index targets: writes p.loss, p.lse and p.grad_input (which may be p.x).
+// Uses p.z_loss, p.grad_scale (nullptr: 1); p.row_xt must be nullptr. workspace: fused_workspace_bytes.
+template <typename scalar_t, typename acc_t>
+inline void launch_index_fused(const XentParams<scalar_t, acc_t>& p, int num_sms, void* workspace,
+                               cudaStream_t stream) {
+  if (p.cap > acc_t(0)) {
+    launch_index_fused_cap<scalar_t, acc_t, true>(p, num_sms, workspace, stream);
+  } else {
+    launch_index_fused_cap<scalar_t, acc_t, false>(p, num_sms, workspace, stream);
+  }
+}
+
+// In place: multiplies row pos of q.g by its factor, skipping factors equal to 1. No workspace.
+template <typename scalar_t, typename acc_t>
+inline void launch_scale_rows(const ScaleParams<scalar_t, acc_t>& q, int num_sms, cudaStream_t stream) {
+  const RowPlan pl = plan_rows(q.N * q.S, q.C, q.S, sizeof(scalar_t), num_sms);
+  const dim3 grid(static_cast<unsigned>(pl.blocks));
+  const int64_t splits = pl.splits, chunk = pl.chunk;
+  if (pl.kind == kKindStrided) {
+    auto k = &scale_strided_kernel<scalar_t, acc_t>;
+    SMOOTHING_LAUNCH(k, grid, dim3(kStridedX, kStridedY), 0, stream, q);
+  } else if (pl.kind == kKindGroup8) {
+    auto k = &scale_rows_kernel<scalar_t, acc_t, 8>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, q, splits, chunk);
+  } else if (pl.kind == kKindWarp) {
+    auto k = &scale_rows_kernel<scalar_t, acc_t, 32>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, q, splits, chunk);
+  } else {
+    auto k = &scale_rows_kernel<scalar_t, acc_t, 0>;
+    SMOOTHING_LAUNCH(k, grid, dim3(pl.threads), 0, stream, q, splits, chunk);
+  }
 }
 
 }  // namespace cuda

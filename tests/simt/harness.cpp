@@ -22,7 +22,8 @@ SIMT_DYNAMIC_SHARED(unsigned char, smem_raw)  // the kernels use none today; kep
 extern "C" {
 
 struct SeArgs {
-  int32_t op;       // 0 index forward, 1 index backward, 2 prob forward, 3 prob backward
+  int32_t op;       // 0 index forward, 1 index backward, 2 prob forward, 3 prob backward,
+                    // 4 fused, 5 fused in place (x == grad_input), 6 scale grad rows (grad_input, scale)
   int32_t dtype;    // 0 float32, 1 float64, 2 float16, 3 bfloat16
   int32_t num_sms;  // the SM count the launch planner assumes
   int32_t pad_;
@@ -39,6 +40,13 @@ struct SeArgs {
   const void* grad_lse;
   const void* lse_in;
   void* grad_input;
+  int32_t off_target;        // 1: off-target smoothing coefficients
+  int32_t pad2_;
+  double softcap;            // > 0: soft-cap; 0: none
+  double z_loss;             // fused
+  const void* grad_scale;    // fused: acc dtype scalar, or null (1)
+  const void* scale;         // op 6: acc dtype, scale_numel elements
+  int64_t scale_numel;
 };
 
 // Plan as seen by the launchers (for tests that want to know which path ran).
@@ -68,7 +76,18 @@ int run(const SeArgs& a) {
   p.C = a.C;
   p.S = a.S;
   p.ignore_index = a.ignore_index;
-  const auto c = smoothing_ext::uniform_coefs<acc_t>(a.eps, a.C);
+  if (a.op == 6) {
+    ScaleParams<scalar_t, acc_t> q{};
+    q.g = static_cast<scalar_t*>(a.grad_input);
+    q.scale = static_cast<const acc_t*>(a.scale);
+    q.scale_numel = a.scale_numel;
+    q.N = a.N;
+    q.C = a.C;
+    q.S = a.S;
+    launch_scale_rows<scalar_t, acc_t>(q, a.num_sms, nullptr);
+    return cudaGetLastError() == cudaSuccess ? 0 : 4;
+  }
+  const auto c = smoothing_ext::smooth_coefs<acc_t>(a.eps, a.C, a.off_target != 0);
   p.on = c.on;
   p.off = c.off;
   p.loss = static_cast<acc_t*>(a.loss);
@@ -77,9 +96,14 @@ int run(const SeArgs& a) {
   p.grad_lse = static_cast<const acc_t*>(a.grad_lse);
   p.lse_in = static_cast<const acc_t*>(a.lse_in);
   p.grad_input = static_cast<scalar_t*>(a.grad_input);
+  p.cap = static_cast<acc_t>(a.softcap);
+  p.z_loss = static_cast<acc_t>(a.z_loss);
+  p.grad_scale = static_cast<const acc_t*>(a.grad_scale);
+  if (a.op == 5 && a.grad_input != a.x) return 6;  // the in-place op aliases them
   size_t ws_bytes = 0;
   if (a.op == 0 || a.op == 2) ws_bytes = forward_workspace_bytes<scalar_t, acc_t>(a.N, a.C, a.S, a.num_sms);
   if (a.op == 3) ws_bytes = prob_backward_workspace_bytes<scalar_t, acc_t>(a.N, a.C, a.S, a.num_sms);
+  if (a.op == 4 || a.op == 5) ws_bytes = fused_workspace_bytes<scalar_t, acc_t>(a.N, a.C, a.S, a.num_sms);
   void* ws = nullptr;
   if (ws_bytes) {
     if (cudaMalloc(&ws, ws_bytes) != cudaSuccess) return 2;  // poisoned with 0xFF by simt
@@ -90,6 +114,8 @@ int run(const SeArgs& a) {
     case 1: launch_index_backward<scalar_t, acc_t>(p, a.num_sms, stream); break;
     case 2: launch_prob_forward<scalar_t, acc_t>(p, a.num_sms, ws, stream); break;
     case 3: launch_prob_backward<scalar_t, acc_t>(p, a.num_sms, ws, stream); break;
+    case 4:
+    case 5: launch_index_fused<scalar_t, acc_t>(p, a.num_sms, ws, stream); break;
     default: return 3;
   }
   const cudaError_t err = cudaGetLastError();
