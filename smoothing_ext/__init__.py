@@ -33,6 +33,7 @@ from . import _fake  # noqa: F401,E402  (register_fake for every op)
 from . import _autograd  # noqa: F401,E402  (register_autograd for every op)
 from .functional import cross_entropy  # noqa: E402
 from .modules import CrossEntropyLoss, LabelSmoothingCrossEntropy  # noqa: E402
+from .binary import BCEWithLogitsLoss, binary_cross_entropy_with_logits  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -40,5 +41,7 @@ __all__ = [
     "cross_entropy",
     "CrossEntropyLoss",
     "LabelSmoothingCrossEntropy",
+    "binary_cross_entropy_with_logits",
+    "BCEWithLogitsLoss",
     "__version__",
 ]
