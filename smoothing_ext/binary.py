@@ -13,18 +13,13 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .functional import _autocast_enabled
+
 __all__ = ["binary_cross_entropy_with_logits", "BCEWithLogitsLoss"]
 
 _ops = torch.ops.smoothing_ext
 _REDUCTIONS = ("none", "mean", "sum")
 _NAME = "smoothing_ext.binary_cross_entropy_with_logits"
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
 
 
 def _check_args(

@@ -1,6 +1,6 @@
 // Binary cross entropy with logits (label-smoothed): the interface between the host functions
 // (bce_cpu.cpp, and bce_cuda.cu for the shared argument preparation) and the vectorized CPU
-// kernels, which are compiled once per instruction set (bce_kernel_{default,avx2,avx512}.cpp
+// kernels, which are compiled once per instruction set (kernels_{default,avx2,avx512}.cpp
 // include bce_kernel_impl.h with a different CPU_CAPABILITY), like the cross-entropy kernels.
 //
 // Every header below is included BEFORE a kernel translation unit switches the instruction set,

@@ -1,5 +1,5 @@
 // Vectorized CPU kernels of label-smoothed binary cross entropy with logits. Included once per
-// instruction set by bce_kernel_<isa>.cpp after bce_kernel.h and the `#pragma GCC target`;
+// instruction set by kernels_<isa>.cpp after kernel_prelude.h and the `#pragma GCC target`;
 // everything lives in `inline namespace CPU_CAPABILITY`, so the copies never collide.
 //
 // The flattened input is processed in chunks of kChunk elements. For each chunk, every operand
@@ -16,6 +16,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include "bce_kernel.h"
+#include "vec_io.h"
 
 namespace smoothing_ext::bce {
 inline namespace CPU_CAPABILITY {
@@ -24,27 +25,8 @@ using at::vec::Vectorized;
 
 constexpr int64_t kChunk = 512;
 
-template <typename scalar_t, typename acc_t>
-inline Vectorized<acc_t> vload(const scalar_t* p) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return Vectorized<acc_t>::loadu(p);
-  } else {
-    Vectorized<float> out;
-    at::vec::load_to_float(p, out);
-    return out;
-  }
-}
-
-// Stores two accumulation vectors (2 * size() elements) in the input dtype.
-template <typename scalar_t, typename acc_t>
-inline void vstore2(scalar_t* p, const Vectorized<acc_t>& a, const Vectorized<acc_t>& b) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    a.store(p);
-    b.store(p + Vectorized<acc_t>::size());
-  } else {
-    at::vec::convert_from_float<scalar_t>(a, b).store(p);
-  }
-}
+using vec_io::vload;
+using vec_io::vstore2;
 
 // dst[0, n) = src[off, off + n) converted to acc_t (src holds acc_t or scalar_t).
 template <typename scalar_t, typename acc_t>

@@ -1,6 +1,6 @@
 // Interface between the CPU host functions (cross_entropy_cpu.cpp) and the vectorized kernels.
 //
-// The kernels are compiled once per instruction set (cross_entropy_kernel_{default,avx2,avx512}.cpp
+// The kernels are compiled once per instruction set (kernels_{default,avx2,avx512}.cpp
 // include cross_entropy_kernel_impl.h with a different CPU_CAPABILITY) and one table is picked at
 // run time from what the processor supports, the way ATen's own kernels are dispatched. The
 // arguments are raw pointers so that no ATen inline function is compiled for a wider instruction

@@ -1,5 +1,5 @@
-// Vectorized CPU kernels. Included once per instruction set by cross_entropy_kernel_<isa>.cpp,
-// which first includes the baseline headers (cross_entropy_kernel_prelude.h), then defines
+// Vectorized CPU kernels. Included once per instruction set by kernels_<isa>.cpp,
+// which first includes the baseline headers (kernel_prelude.h), then defines
 // CPU_CAPABILITY / CPU_CAPABILITY_<ISA> and a matching `#pragma GCC target`, then includes this.
 // Everything here lives in `inline namespace CPU_CAPABILITY`, so the copies never collide.
 //
@@ -16,6 +16,7 @@
 #include <smoothing_ext/xent_math.h>
 
 #include "cross_entropy_kernel.h"
+#include "vec_io.h"
 
 namespace smoothing_ext::cpu {
 inline namespace CPU_CAPABILITY {
@@ -101,40 +102,9 @@ inline Vectorized<double> vmax(const Vectorized<double>& a, const Vectorized<dou
   return at::vec::maximum(a, b);
 }
 
-// ---------------------------------------------------------------------------------------------
-// loads and stores between the input dtype and the accumulation dtype
-// ---------------------------------------------------------------------------------------------
-template <typename scalar_t, typename acc_t>
-inline Vectorized<acc_t> vload(const scalar_t* p) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return Vectorized<acc_t>::loadu(p);
-  } else {
-    Vectorized<float> out;
-    at::vec::load_to_float(p, out);
-    return out;
-  }
-}
-
-// Stores two accumulation vectors (2 * size() elements).
-template <typename scalar_t, typename acc_t>
-inline void vstore2(scalar_t* p, const Vectorized<acc_t>& a, const Vectorized<acc_t>& b) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    a.store(p);
-    b.store(p + Vectorized<acc_t>::size());
-  } else {
-    at::vec::convert_from_float<scalar_t>(a, b).store(p);
-  }
-}
-
-// Stores one accumulation vector (size() elements).
-template <typename scalar_t, typename acc_t>
-inline void vstore1(scalar_t* p, const Vectorized<acc_t>& a) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    a.store(p);
-  } else {
-    at::vec::convert_from_float<scalar_t>(a, a).store(p, Vectorized<acc_t>::size());
-  }
-}
+using vec_io::vload;
+using vec_io::vstore1;
+using vec_io::vstore2;
 
 // Spatial positions processed together on the strided (N, C, d1..dk) path.
 constexpr int64_t kLanes = 256;

@@ -17,38 +17,15 @@
 #include <type_traits>
 
 #include "bce_kernels.cuh"
+#include "cuda_host_utils.h"
 #include "cpu/bce_kernel.h"
 
 namespace smoothing_ext::bce::cuda {
 
 namespace {
 
-// ATen's element types -> the CUDA types the kernels are written for (same layout).
-template <typename T>
-struct KernelType {
-  using type = T;
-};
-template <>
-struct KernelType<at::Half> {
-  using type = __half;
-};
-template <>
-struct KernelType<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
-
-int num_sms(int device) {
-  static std::atomic<int> cache[64];
-  if (device >= 0 && device < 64) {
-    const int v = cache[device].load(std::memory_order_relaxed);
-    if (v > 0) return v;
-  }
-  int sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  if (sms < 1) sms = 1;
-  if (device >= 0 && device < 64) cache[device].store(sms, std::memory_order_relaxed);
-  return sms;
-}
+using cuda_host::KernelType;
+using cuda_host::num_sms;
 
 template <typename kt, typename acc_t>
 Params<kt, acc_t> params_of(const Prepared& pr, double eps) {

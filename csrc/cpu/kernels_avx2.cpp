@@ -1,5 +1,5 @@
-// BCE-with-logits kernels for AVX2 + FMA processors (x86-64-v3).
-#include "bce_kernel.h"
+// Kernels for AVX2 + FMA processors (x86-64-v3).
+#include "kernel_prelude.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
@@ -19,15 +19,22 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "cross_entropy_kernel_impl.h"
 #include "bce_kernel_impl.h"
 static_assert(at::vec::AVX2::Vectorized<float>::size() == 8, "AVX2 build did not pick 256-bit vectors");
 #pragma GCC pop_options
 
+namespace smoothing_ext::cpu {
+KernelTable kernels_avx2() { return AVX2::make_table("avx2"); }
+}  // namespace smoothing_ext::cpu
 namespace smoothing_ext::bce {
 KernelTable kernels_avx2() { return AVX2::make_table("avx2"); }
 }  // namespace smoothing_ext::bce
 #else
+namespace smoothing_ext::cpu {
+KernelTable kernels_avx2() { return KernelTable{}; }
+}  // namespace smoothing_ext::cpu
 namespace smoothing_ext::bce {
-KernelTable kernels_avx2() { return KernelTable{nullptr, nullptr, nullptr}; }
+KernelTable kernels_avx2() { return KernelTable{}; }
 }  // namespace smoothing_ext::bce
 #endif

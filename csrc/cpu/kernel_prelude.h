@@ -17,4 +17,5 @@
 #include <limits>
 #include <type_traits>
 
+#include "bce_kernel.h"
 #include "cross_entropy_kernel.h"

@@ -1,5 +1,5 @@
 // Kernels for AVX-512 (F, BW, VL, DQ) processors (x86-64-v4).
-#include "cross_entropy_kernel_prelude.h"
+#include "kernel_prelude.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #pragma GCC push_options
@@ -32,14 +32,21 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #include "cross_entropy_kernel_impl.h"
+#include "bce_kernel_impl.h"
 static_assert(at::vec::AVX512::Vectorized<float>::size() == 16, "AVX512 build did not pick 512-bit vectors");
 #pragma GCC pop_options
 
 namespace smoothing_ext::cpu {
 KernelTable kernels_avx512() { return AVX512::make_table("avx512"); }
 }  // namespace smoothing_ext::cpu
+namespace smoothing_ext::bce {
+KernelTable kernels_avx512() { return AVX512::make_table("avx512"); }
+}  // namespace smoothing_ext::bce
 #else
 namespace smoothing_ext::cpu {
-KernelTable kernels_avx512() { return KernelTable{nullptr, nullptr, nullptr, nullptr, nullptr}; }
+KernelTable kernels_avx512() { return KernelTable{}; }
 }  // namespace smoothing_ext::cpu
+namespace smoothing_ext::bce {
+KernelTable kernels_avx512() { return KernelTable{}; }
+}  // namespace smoothing_ext::bce
 #endif
