@@ -34,6 +34,8 @@
 // pos_weight pw broadcast to the input (pw along the last dim, as in PyTorch):
 //   loss = w [(1 - y') x + (1 + (pw - 1) y') softplus(-x)],
 //   d loss / d x = w [(1 + (pw - 1) y') sigmoid(x) - pw y'];   loss in the accumulation dtype.
+// binary_cross_entropy_with_logits_sum returns the 0-dim sum of that loss (same pass, the loss never
+// written; fixed-order reduction, so bit-identical across calls and CPU thread counts).
 #ifndef SMOOTHING_EXT_NO_PYTHON  // defined by the CMake/LibTorch build (no Python there)
 #include <Python.h>
 #endif
@@ -81,6 +83,9 @@ TORCH_LIBRARY(smoothing_ext, m) {
   m.def("_scale_grad_rows_(Tensor(a!) grad, Tensor scale) -> ()");
   m.def(
       "binary_cross_entropy_with_logits_forward(Tensor input, Tensor target, Tensor? weight, "
+      "Tensor? pos_weight, float label_smoothing) -> Tensor");
+  m.def(
+      "binary_cross_entropy_with_logits_sum(Tensor input, Tensor target, Tensor? weight, "
       "Tensor? pos_weight, float label_smoothing) -> Tensor");
   m.def(
       "_binary_cross_entropy_with_logits_backward(Tensor grad_loss, Tensor input, Tensor target, "

@@ -107,17 +107,18 @@ def binary_cross_entropy_with_logits(
         argument and the shapes.
     """
     _check_args(input, target, weight, pos_weight, reduction, label_smoothing)
-    loss = _ops.binary_cross_entropy_with_logits_forward(input, target, weight, pos_weight, float(label_smoothing))
+    eps = float(label_smoothing)
     # PyTorch's result has the target's dtype (its in-place arithmetic starts from 1 - target).
     out_dtype = torch.float32 if _autocast_enabled(input.device.type) else target.dtype
     if reduction == "none":
-        return loss.to(out_dtype)
+        return _ops.binary_cross_entropy_with_logits_forward(input, target, weight, pos_weight, eps).to(out_dtype)
+    # The sum op reduces in the loss pass (no input-sized loss tensor written and read back); its
+    # backward hands the 0-dim upstream gradient over as a 0-stride expand (read as one number).
+    total = _ops.binary_cross_entropy_with_logits_sum(input, target, weight, pos_weight, eps)
     if reduction == "sum":
-        return loss.sum().to(out_dtype)
-    # sum / numel rather than mean(): the gradient of sum() reaches the backward op as a 0-stride
-    # expand (read as one number), whereas mean()'s backward materialises an input-sized tensor.
+        return total.to(out_dtype)
     # 0 / 0 = nan for an empty input, as in PyTorch.
-    return (loss.sum() / loss.numel()).to(out_dtype)
+    return (total / input.numel()).to(out_dtype)
 
 
 class BCEWithLogitsLoss(nn.Module):
@@ -180,6 +181,17 @@ def _forward_fake(
     return input.new_empty(input.shape, dtype=_acc_dtype(input.dtype))
 
 
+@torch.library.register_fake("smoothing_ext::binary_cross_entropy_with_logits_sum")
+def _sum_fake(
+    input: Tensor,
+    target: Tensor,
+    weight: Optional[Tensor],
+    pos_weight: Optional[Tensor],
+    label_smoothing: float,
+) -> Tensor:
+    return input.new_empty((), dtype=_acc_dtype(input.dtype))
+
+
 @torch.library.register_fake("smoothing_ext::_binary_cross_entropy_with_logits_backward")
 def _backward_fake(
     grad_loss: Tensor,
@@ -196,6 +208,12 @@ def _setup_context(ctx: Any, inputs: tuple, output: Tensor) -> None:
     input, target, weight, pos_weight, label_smoothing = inputs
     ctx.save_for_backward(input, target, weight, pos_weight)
     ctx.label_smoothing = label_smoothing
+
+
+def _sum_backward(ctx: Any, grad_sum: Tensor):
+    # d sum / d loss_i = 1: the element-wise backward with the 0-dim gradient broadcast as a
+    # 0-stride view (the backward op reads it as one number, nothing input-sized is allocated).
+    return _backward(ctx, grad_sum.expand(ctx.saved_tensors[0].shape))
 
 
 def _backward(ctx: Any, grad_loss: Tensor):
@@ -226,4 +244,7 @@ def _backward(ctx: Any, grad_loss: Tensor):
 
 torch.library.register_autograd(
     "smoothing_ext::binary_cross_entropy_with_logits_forward", _backward, setup_context=_setup_context
+)
+torch.library.register_autograd(
+    "smoothing_ext::binary_cross_entropy_with_logits_sum", _sum_backward, setup_context=_setup_context
 )

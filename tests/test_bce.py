@@ -394,6 +394,99 @@ def test_autocast(device, dtype):
     assert_close(g_ours, g_ref, dtype)
 
 
+# ---------------------------------------------------------------------------------------------
+# the sum op (reduction "mean"/"sum" without writing the element-wise loss)
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize(
+    "shape,wshape,pwshape",
+    [((7,), None, None), ((3, 31), (31,), (31,)), ((5, 1031), (5, 1), None), ((2, 3, 70001), (), (70001,)),
+     ((300, 1001), (300, 1001), (1001,))],
+    ids=str,
+)
+def test_sum_op_matches_elementwise(device, dtype, shape, wshape, pwshape):
+    gen = torch.Generator().manual_seed(21)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 4).to(dtype).to(device)
+    x.view(-1)[::97] = 60.0  # large logits too
+    t = torch.rand(shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    w = None if wshape is None else torch.rand(wshape, generator=gen, dtype=torch.float64).to(dtype).to(device)
+    pw = None if pwshape is None else (torch.rand(pwshape, generator=gen) * 3).to(dtype).to(device)
+    s = ops.binary_cross_entropy_with_logits_sum(x, t, w, pw, 0.1)
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    assert s.dtype == acc and s.shape == ()
+    ref = ops.binary_cross_entropy_with_logits_forward(x, t, w, pw, 0.1).double().sum()
+    # float64: only the summation order differs; float32: ~sqrt(n) roundings of partial sums
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s.double(), ref, **tol)
+
+
+def test_sum_op_empty(device):
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = torch.empty(0, 5, dtype=dtype, device=device)
+        s = ops.binary_cross_entropy_with_logits_sum(x, x, None, None, 0.1)
+        assert s.shape == () and s.item() == 0.0
+        assert s.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def test_sum_op_deterministic(device):
+    """Bit-identical across calls, and (CPU: fixed 64k-element blocks added in block order) across
+    thread counts."""
+    gen = torch.Generator().manual_seed(22)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):
+        x = (torch.randn(5, 100003, generator=gen) * 3).to(dtype).to(device)
+        t = torch.rand(5, 100003, generator=gen).to(dtype).to(device)
+        w = torch.rand(100003, generator=gen).to(device)
+        first = ops.binary_cross_entropy_with_logits_sum(x, t, w, None, 0.1)
+        for _ in range(3):
+            assert torch.equal(ops.binary_cross_entropy_with_logits_sum(x, t, w, None, 0.1), first)
+        if device != "cpu":
+            continue
+        n = torch.get_num_threads()
+        try:
+            for k in (1, 2, 3):
+                torch.set_num_threads(k)
+                assert torch.equal(ops.binary_cross_entropy_with_logits_sum(x, t, w, None, 0.1), first), (dtype, k)
+        finally:
+            torch.set_num_threads(n)
+
+
+def test_sum_op_opcheck(device):
+    gen = torch.Generator().manual_seed(23)
+    x = torch.randn(5, 11, generator=gen).to(device).requires_grad_()
+    t = torch.rand(5, 11, generator=gen).to(device)
+    w = torch.rand(11, generator=gen).to(device)
+    pw = torch.rand(5, 1, generator=gen).to(device)
+    f = ops.binary_cross_entropy_with_logits_sum
+    torch.library.opcheck(f, (x, t, w, pw, 0.1))
+    torch.library.opcheck(f, (x, t, None, None, 0.0))
+    torch.library.opcheck(f, (x, t.clone().requires_grad_(), None, pw, 0.5))
+    xb = torch.randn(2, 3, 4, device=device, dtype=torch.bfloat16, requires_grad=True)
+    tb = torch.rand(2, 3, 4, device=device, dtype=torch.bfloat16)
+    torch.library.opcheck(f, (xb, tb, None, torch.rand(4, device=device), 0.1))
+    xd = torch.randn(3, 4, device=device, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(f, (xd, torch.rand_like(xd), None, None, 0.3))
+
+
+@pytest.mark.parametrize("shape", [(4, 5), (3, 4, 2), (6,), ()], ids=str)
+def test_sum_op_gradcheck(device, shape):
+    gen = torch.Generator().manual_seed(24)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2).to(device).requires_grad_()
+    t = torch.rand(shape, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    last = shape[-1] if shape else 1
+    w = (torch.rand(last, generator=gen, dtype=torch.float64) + 0.2).to(device)
+    pw = (torch.rand(last, generator=gen, dtype=torch.float64) * 3).to(device)
+    for weight, pos_weight, eps in ((w, pw, 0.2), (None, None, 0.0), (None, pw, 1.0)):
+        if not shape and weight is not None:
+            weight = weight.view(())
+        if not shape and pos_weight is not None:
+            pos_weight = pos_weight.view(())
+        assert torch.autograd.gradcheck(
+            lambda x, t: ops.binary_cross_entropy_with_logits_sum(x, t, weight, pos_weight, eps), (x, t)
+        )
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_instruction_set_variants_agree(capability):
     """The lower instruction-set copies of the kernels (forced through the environment, in a
@@ -414,6 +507,9 @@ for dt, tol in [(torch.float32, 3e-5), (torch.float64, 1e-10), (torch.bfloat16, 
         (gr,) = torch.autograd.grad(lr.sum(), xr)
         e = max(((l.double() - lr).abs() / (1 + lr.abs())).max().item(), (g.double() - gr).abs().max().item())
         assert e < tol, (dt, shape, e)
+        s = torch.ops.smoothing_ext.binary_cross_entropy_with_logits_sum(x.detach(), t, w, pw, 0.1)
+        le = torch.ops.smoothing_ext.binary_cross_entropy_with_logits_forward(x.detach(), t, w, pw, 0.1)
+        assert abs(s.item() - le.double().sum().item()) <= 1e-5 * (1 + abs(s.item())), (dt, shape, s)
 print(torch.ops.smoothing_ext._cpu_capability())
 """
     env = dict(os.environ, SMOOTHING_EXT_CPU_CAPABILITY=capability)

@@ -4,7 +4,8 @@ torch.ops.smoothing_ext.* on a grid: every input dtype; targets in the input's d
 sizes around the vector width and not multiples of it; weights (C,), (N, 1), scalar, full, (1, C, 1)
 and in the input's or the accumulation dtype; pos_weight; the 0-stride upstream gradient of "mean";
 inputs whose data start off a 16-byte boundary, with targets that line up with them (vector loads)
-or not (element loads); grids smaller than the work (grid-stride loops).
+or not (element loads); grids smaller than the work (grid-stride loops). The sum kernel (block
+partials + the one-block finishing kernel) runs on every case too, against the CPU sum op.
 
 This proves indexing, the broadcast patterns, alignment handling and the numerics of the kernels;
 it says nothing about speed or anything only a GPU shows. Also a script:
@@ -79,7 +80,7 @@ class BceSimtArgs(ctypes.Structure):
 
 
 class BceSimt:
-    """The two kernels under simt. Operands are (tensor, inner, period) with the tensor's data in
+    """The kernels under simt (forward, backward, sum). Operands are (tensor, inner, period) with the tensor's data in
     the layout bce::Operand describes, or None."""
 
     def __init__(self, path: str):
@@ -88,6 +89,7 @@ class BceSimt:
         self.lib.bce_simt_run.restype = ctypes.c_int
 
     def run(self, backward, x, target, weight=None, pos_weight=None, grad=None, eps=0.0, num_sms=132):
+        """backward: 0 forward, 1 backward, 2 sum (a 1-element result)."""
         import torch
 
         acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -104,7 +106,7 @@ class BceSimt:
                 setattr(a, name, Operand(t.data_ptr(), inner, period, int(t.dtype == acc), 0))
         a.eps = eps
         # NaN-filled: an element a kernel forgets to write shows up as a mismatch
-        out = torch.full(x.shape, float("nan"), dtype=x.dtype if backward else acc)
+        out = torch.full(x.shape if backward != 2 else (1,), float("nan"), dtype=x.dtype if backward == 1 else acc)
         a.out = out.data_ptr()
         rc = self.lib.bce_simt_run(ctypes.byref(a))
         if rc != 0:
@@ -220,6 +222,13 @@ def _tol(dtype, backward):
     return dict(rtol=1.6e-2, atol=1e-4) if dtype == torch.bfloat16 else dict(rtol=2e-3, atol=1e-5)
 
 
+def _sum_tol(dtype):
+    import torch
+
+    # the same losses added in another order (and libm vs vectorized exp/log1p in float32)
+    return dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+
+
 def run_case(kern: BceSimt, cfg) -> tuple[list[str], list[dict]]:
     """Mismatch descriptions (empty: pass) and the plans the launcher chose."""
     import torch
@@ -241,6 +250,9 @@ def run_case(kern: BceSimt, cfg) -> tuple[list[str], list[dict]]:
     plans.append(plan)
     ref = ops.binary_cross_entropy_with_logits_forward(x, t, w, pw, eps)
     check("loss", loss, ref, _tol(dtype, False))
+    total, _ = kern.run(2, x, t_op, w_op, pw_op, None, eps, num_sms=sms)
+    sref = ops.binary_cross_entropy_with_logits_sum(x, t, w, pw, eps)
+    check("sum", total.view(()), sref, _sum_tol(dtype))
     grad, plan = kern.run(True, x, t_op, w_op, pw_op, g_op, eps, num_sms=sms)
     plans.append(plan)
     gref = ops._binary_cross_entropy_with_logits_backward(g, x, t, w, pw, eps)
@@ -283,6 +295,36 @@ def test_simt_grid(lib):
     assert any(p["head"] > 0 for p in plans) and any(p["head"] == 0 for p in plans)
     assert any(p["target_vec"] for p in plans) and any(not p["target_vec"] for p in plans)
     assert any(p["out_vec"] for p in plans) and any(not p["out_vec"] for p in plans)
+
+
+@requires_simt
+@pytest.mark.parametrize("dtype", ["float32", "float64", "bfloat16"])
+@pytest.mark.parametrize("num_sms", [1, 3, 132])
+@pytest.mark.parametrize("misalign", [0, 1])
+def test_simt_sum_large(lib, dtype, num_sms, misalign):
+    """Many blocks (and, with 1 SM, few blocks looping over many groups): the partials and the
+    finishing kernel, against the CPU sum op; bit-identical across runs."""
+    import torch
+    import smoothing_ext  # noqa: F401
+
+    kern = BceSimt(lib)
+    dt = getattr(torch, dtype)
+    acc = torch.float64 if dt == torch.float64 else torch.float32
+    gen = torch.Generator().manual_seed(31 + num_sms)
+    shape = (3, 20011)
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 4).to(dt)
+    t = torch.rand(shape, generator=gen, dtype=torch.float64).to(dt)
+    w = torch.rand(shape[-1], generator=gen, dtype=torch.float64).to(acc)
+    if misalign:
+        x, t = _offset_copy(x, 1), _offset_copy(t, 3)
+    n = x.numel()
+    args = (x, (t, 1, n), (w, 1, shape[-1]), None, None, 0.1)
+    got, plan = kern.run(2, *args, num_sms=num_sms)
+    assert (plan["head"] > 0) == bool(misalign)  # the scalar head path ran (or not)
+    ref = torch.ops.smoothing_ext.binary_cross_entropy_with_logits_sum(x, t, w, None, 0.1)
+    torch.testing.assert_close(got.view(()), ref, **_sum_tol(dt))
+    again, _ = kern.run(2, *args, num_sms=num_sms)
+    assert torch.equal(again, got)
 
 
 @requires_simt

@@ -175,6 +175,18 @@ at::Tensor forward_cpu(const at::Tensor& input, const at::Tensor& target, const 
   return loss;
 }
 
+// 0-dim sum of the element-wise loss (0 for an empty input), the loss never written.
+at::Tensor sum_cpu(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                   const std::optional<at::Tensor>& pos_weight, double label_smoothing) {
+  const Prepared p = prepare(input, target, weight, pos_weight, label_smoothing, nullptr);
+  at::Tensor out = at::zeros({}, input.options().dtype(acc_dtype(input.scalar_type())));
+  if (p.numel == 0) return out;
+  CpuArgs a = args_of(p, label_smoothing);
+  a.loss = out.mutable_data_ptr();
+  active_kernels().sum(a);
+  return out;
+}
+
 at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& pos_weight,
                         double label_smoothing) {
@@ -194,4 +206,5 @@ at::Tensor backward_cpu(const at::Tensor& grad_loss, const at::Tensor& input, co
 TORCH_LIBRARY_IMPL(smoothing_ext, CPU, m) {
   m.impl("binary_cross_entropy_with_logits_forward", &smoothing_ext::bce::forward_cpu);
   m.impl("_binary_cross_entropy_with_logits_backward", &smoothing_ext::bce::backward_cpu);
+  m.impl("binary_cross_entropy_with_logits_sum", &smoothing_ext::bce::sum_cpu);
 }

@@ -23,6 +23,7 @@
 #include <limits>
 #include <optional>
 #include <type_traits>
+#include <vector>
 
 #include <smoothing_ext/bce_math.h>
 
@@ -38,7 +39,7 @@ struct CpuArgs {
   Operand pos_weight;  // ptr == nullptr: absent
   Operand grad;        // backward: upstream gradient (always present there)
   double eps;
-  void* loss;        // forward output, accumulation dtype
+  void* loss;        // forward output (sum: a single value), accumulation dtype
   void* grad_input;  // backward output, input dtype
 };
 
@@ -46,6 +47,7 @@ struct KernelTable {
   const char* name;
   void (*forward)(const CpuArgs&);
   void (*backward)(const CpuArgs&);
+  void (*sum)(const CpuArgs&);  // forward summed over all elements into *loss (one acc value)
 };
 
 KernelTable kernels_default();

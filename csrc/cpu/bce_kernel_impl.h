@@ -156,54 +156,106 @@ inline int64_t grain_chunks() {
   return std::max<int64_t>(1, 32768 / kChunk);  // ~32k elements per task amortise the scheduling
 }
 
-template <typename scalar_t, typename acc_t, bool kW, bool kPw>
-void forward_impl(const CpuArgs& a) {
+// Loss of elements [i0, i0 + L) (L <= kChunk): stored to a.loss, or (kSum) returned as their sum in
+// a fixed order (lane-wise vector accumulation, lanes added in index order, then the scalar tail),
+// so a chunk's sum depends only on its data and the instruction set.
+template <typename scalar_t, typename acc_t, bool kW, bool kPw, bool kSum>
+inline acc_t forward_chunk(const CpuArgs& a, const Coefs<acc_t>& c, int64_t i0, int64_t L, acc_t* ybuf,
+                           acc_t* wbuf, acc_t* pbuf) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
-  const scalar_t* x = static_cast<const scalar_t*>(a.input);
-  acc_t* out = static_cast<acc_t*>(a.loss);
+  const V von(c.on), voff(c.off), one(acc_t(1)), zero(acc_t(0));
+  const scalar_t* xp = static_cast<const scalar_t*>(a.input) + i0;
+  acc_t* op = kSum ? nullptr : static_cast<acc_t*>(a.loss) + i0;
+  const acc_t* yp = gather<scalar_t, acc_t>(a.target, i0, L, ybuf);
+  const acc_t* wp = kW ? gather<scalar_t, acc_t>(a.weight, i0, L, wbuf) : nullptr;
+  const acc_t* pp = kPw ? gather<scalar_t, acc_t>(a.pos_weight, i0, L, pbuf) : nullptr;
+  auto body = [&](int64_t j) -> V {
+    const V xv = vload<scalar_t, acc_t>(xp + j);
+    const V ys = at::vec::fmadd(V::loadu(yp + j), von, voff);
+    const V ax = xv.abs();
+    const V l = log1p_unit(exp_nonpos(ax.neg()));  // log1p(exp(-|x|))
+    const V pos = xv >= zero;
+    V loss;
+    if constexpr (kPw) {
+      const V pw = V::loadu(pp + j);
+      const V A = at::vec::fmadd(pw - one, ys, one);
+      loss = at::vec::fmadd(A, l, V::blendv(pw * ys, one - ys, pos) * ax);
+    } else {
+      loss = at::vec::fmadd(V::blendv(ys, one - ys, pos), ax, l);
+    }
+    if constexpr (kW) loss = loss * V::loadu(wp + j);
+    return loss;
+  };
+  V s0(acc_t(0)), s1(acc_t(0));
+  int64_t j = 0;
+  for (; j + 2 * K <= L; j += 2 * K) {
+    if constexpr (kSum) {
+      s0 = s0 + body(j);
+      s1 = s1 + body(j + K);
+    } else {
+      body(j).store(op + j);
+      body(j + K).store(op + j + K);
+    }
+  }
+  acc_t total = acc_t(0);
+  if constexpr (kSum) {
+    alignas(64) acc_t lanes[K];
+    (s0 + s1).store(lanes);
+    for (int64_t k = 0; k < K; ++k) total += lanes[k];
+  }
+  for (; j < L; ++j) {
+    const acc_t ys = yp[j] * c.on + c.off;
+    acc_t v = loss_elem<acc_t>(static_cast<acc_t>(xp[j]), ys, kPw ? pp[j] : acc_t(1));
+    if constexpr (kW) v *= wp[j];
+    if constexpr (kSum) {
+      total += v;
+    } else {
+      op[j] = v;
+    }
+  }
+  return total;
+}
+
+template <typename scalar_t, typename acc_t, bool kW, bool kPw>
+void forward_impl(const CpuArgs& a) {
   const auto c = coefs<acc_t>(a.eps);
   const int64_t chunks = (a.numel + kChunk - 1) / kChunk;
   at::parallel_for(0, chunks, grain_chunks(), [&](int64_t begin, int64_t end) {
     alignas(64) acc_t ybuf[kChunk], wbuf[kChunk], pbuf[kChunk];
-    const V von(c.on), voff(c.off), one(acc_t(1)), zero(acc_t(0));
     for (int64_t ch = begin; ch < end; ++ch) {
-      const int64_t i0 = ch * kChunk, L = std::min(kChunk, a.numel - i0);
-      const scalar_t* xp = x + i0;
-      acc_t* op = out + i0;
-      const acc_t* yp = gather<scalar_t, acc_t>(a.target, i0, L, ybuf);
-      const acc_t* wp = kW ? gather<scalar_t, acc_t>(a.weight, i0, L, wbuf) : nullptr;
-      const acc_t* pp = kPw ? gather<scalar_t, acc_t>(a.pos_weight, i0, L, pbuf) : nullptr;
-      auto body = [&](int64_t j) -> V {
-        const V xv = vload<scalar_t, acc_t>(xp + j);
-        const V ys = at::vec::fmadd(V::loadu(yp + j), von, voff);
-        const V ax = xv.abs();
-        const V l = log1p_unit(exp_nonpos(ax.neg()));  // log1p(exp(-|x|))
-        const V pos = xv >= zero;
-        V loss;
-        if constexpr (kPw) {
-          const V pw = V::loadu(pp + j);
-          const V A = at::vec::fmadd(pw - one, ys, one);
-          loss = at::vec::fmadd(A, l, V::blendv(pw * ys, one - ys, pos) * ax);
-        } else {
-          loss = at::vec::fmadd(V::blendv(ys, one - ys, pos), ax, l);
-        }
-        if constexpr (kW) loss = loss * V::loadu(wp + j);
-        return loss;
-      };
-      int64_t j = 0;
-      for (; j + 2 * K <= L; j += 2 * K) {
-        body(j).store(op + j);
-        body(j + K).store(op + j + K);
-      }
-      for (; j < L; ++j) {
-        const acc_t ys = yp[j] * c.on + c.off;
-        acc_t v = loss_elem<acc_t>(static_cast<acc_t>(xp[j]), ys, kPw ? pp[j] : acc_t(1));
-        if constexpr (kW) v *= wp[j];
-        op[j] = v;
-      }
+      const int64_t i0 = ch * kChunk;
+      forward_chunk<scalar_t, acc_t, kW, kPw, false>(a, c, i0, std::min(kChunk, a.numel - i0), ybuf, wbuf, pbuf);
     }
   });
+}
+
+// Sum of the loss without storing it. Deterministic and independent of the thread count: the input
+// is cut into fixed blocks of kSumBlock elements, each summed by one thread in chunk order (chunk
+// sums added in double, so a block's rounding error stays that of a 512-element sum), and the block
+// partials are added in block order afterwards.
+constexpr int64_t kSumBlock = 128 * kChunk;  // 64k elements: enough work per task, few partials
+
+template <typename scalar_t, typename acc_t, bool kW, bool kPw>
+void sum_impl(const CpuArgs& a) {
+  const auto c = coefs<acc_t>(a.eps);
+  const int64_t blocks = (a.numel + kSumBlock - 1) / kSumBlock;
+  std::vector<double> partial(static_cast<size_t>(blocks));
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    alignas(64) acc_t ybuf[kChunk], wbuf[kChunk], pbuf[kChunk];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t stop = std::min(a.numel, (b + 1) * kSumBlock);
+      double s = 0.0;
+      for (int64_t i0 = b * kSumBlock; i0 < stop; i0 += kChunk) {
+        s += static_cast<double>(
+            forward_chunk<scalar_t, acc_t, kW, kPw, true>(a, c, i0, std::min(kChunk, stop - i0), ybuf, wbuf, pbuf));
+      }
+      partial[static_cast<size_t>(b)] = s;
+    }
+  });
+  double total = 0.0;
+  for (const double v : partial) total += v;
+  *static_cast<acc_t*>(a.loss) = static_cast<acc_t>(total);
 }
 
 template <typename scalar_t, typename acc_t, bool kW, bool kPw>
@@ -270,6 +322,10 @@ struct Fwd {
   static void run(const CpuArgs& a) { forward_impl<scalar_t, acc_t, kW, kPw>(a); }
 };
 template <typename scalar_t, typename acc_t, bool kW, bool kPw>
+struct Sum {
+  static void run(const CpuArgs& a) { sum_impl<scalar_t, acc_t, kW, kPw>(a); }
+};
+template <typename scalar_t, typename acc_t, bool kW, bool kPw>
 struct Bwd {
   static void run(const CpuArgs& a) { backward_impl<scalar_t, acc_t, kW, kPw>(a); }
 };
@@ -286,7 +342,13 @@ inline void backward(const CpuArgs& a) {
   });
 }
 
-inline KernelTable make_table(const char* name) { return KernelTable{name, &forward, &backward}; }
+inline void sum(const CpuArgs& a) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::binary_cross_entropy_with_logits_sum", [&] {
+    with_flags<Sum, scalar_t, at::opmath_type<scalar_t>>(a);
+  });
+}
+
+inline KernelTable make_table(const char* name) { return KernelTable{name, &forward, &backward, &sum}; }
 
 }  // namespace CPU_CAPABILITY
 }  // namespace smoothing_ext::bce

@@ -17,6 +17,12 @@
 // boundary (a misaligned view) and after the last whole group are done one per thread.
 // Traffic: forward reads logits + target (+ full weights) once and writes the loss once; backward
 // reads each once more and writes the gradient once. No shared memory, no atomics, no host sync.
+//
+// Sum (kSum, forward only): the same loop, but each thread adds its losses in its own fixed order
+// instead of storing them, a fixed-order tree in shared memory reduces the block, and each block
+// writes its partial to a workspace slot of its own; bce_sum_finish (one block) then adds the
+// partials in a fixed order. The grid depends only on numel and the SM count, so a given device
+// gives bit-identical sums on every call: no float atomics, no host sync.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -49,7 +55,8 @@ struct Params {
   int64_t numel;
   Operand target, weight, pos_weight, grad;  // weight / pos_weight may be absent; grad: backward
   acc_t on, off;                              // y' = on y + off
-  acc_t* loss;                                // forward output (accumulation type)
+  acc_t* loss;                                // forward output (accumulation type); sum: 1 value
+  acc_t* partials;                            // sum: one slot per block (sum_blocks())
   scalar_t* grad_input;                       // backward output (input type)
   // filled by plan():
   int64_t head;     // elements before the first 16-byte boundary of x (done one per thread)
@@ -162,9 +169,9 @@ __device__ __forceinline__ void operand_group(const Operand& op, int64_t i0, int
 // the kernel
 // ------------------------------------------------------------------------------------------------
 
-// One element (head and tail).
-template <typename scalar_t, typename acc_t, bool kBackward>
-__device__ __forceinline__ void bce_one(const Params<scalar_t, acc_t>& p, int64_t i) {
+// One element (head and tail); kSum: its loss is returned instead of stored.
+template <typename scalar_t, typename acc_t, bool kBackward, bool kSum>
+__device__ __forceinline__ acc_t bce_one(const Params<scalar_t, acc_t>& p, int64_t i) {
   const acc_t x = to_acc(p.x[i]);
   const acc_t ys = operand_elem<scalar_t, acc_t>(p.target, i) * p.on + p.off;
   const acc_t pw = p.pos_weight.ptr != nullptr ? operand_elem<scalar_t, acc_t>(p.pos_weight, i) : acc_t(1);
@@ -172,14 +179,18 @@ __device__ __forceinline__ void bce_one(const Params<scalar_t, acc_t>& p, int64_
   if (kBackward) {
     const acc_t g = operand_elem<scalar_t, acc_t>(p.grad, i);
     p.grad_input[i] = FromAcc<scalar_t>::cvt(grad_elem<acc_t>(x, ys, pw) * g * w);
+  } else if (kSum) {
+    return loss_elem<acc_t>(x, ys, pw) * w;
   } else {
     p.loss[i] = loss_elem<acc_t>(x, ys, pw) * w;
   }
+  return acc_t(0);
 }
 
-// V elements from i0 (x + i0 is 16-byte aligned).
-template <typename scalar_t, typename acc_t, bool kBackward>
-__device__ __forceinline__ void bce_group(const Params<scalar_t, acc_t>& p, int64_t i0) {
+// V elements from i0 (x + i0 is 16-byte aligned); kSum: the sum of their losses (in element
+// order) is returned instead of stored.
+template <typename scalar_t, typename acc_t, bool kBackward, bool kSum>
+__device__ __forceinline__ acc_t bce_group(const Params<scalar_t, acc_t>& p, int64_t i0) {
   constexpr int V = group_size<scalar_t>();
   const Pack<scalar_t, V> xp = *reinterpret_cast<const Pack<scalar_t, V>*>(p.x + i0);
   acc_t y[V], w[V], pw[V], g[V];
@@ -210,6 +221,14 @@ __device__ __forceinline__ void bce_group(const Params<scalar_t, acc_t>& p, int6
 #pragma unroll
       for (int k = 0; k < V; ++k) p.grad_input[i0 + k] = out.v[k];
     }
+  } else if (kSum) {
+    acc_t sum = acc_t(0);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const acc_t ys = y[k] * p.on + p.off;
+      sum += loss_elem<acc_t>(to_acc(xp.v[k]), ys, pw[k]) * w[k];
+    }
+    return sum;
   } else {
     Pack<acc_t, V> out;
 #pragma unroll
@@ -224,23 +243,53 @@ __device__ __forceinline__ void bce_group(const Params<scalar_t, acc_t>& p, int6
       for (int k = 0; k < V; ++k) p.loss[i0 + k] = out.v[k];
     }
   }
+  return acc_t(0);
 }
 
-template <typename scalar_t, typename acc_t, bool kBackward>
+// Sum of v over the block (blockDim.x == kSumThreads) by a fixed tree; the result in thread 0.
+constexpr int kSumThreads = 256;
+
+template <typename acc_t>
+__device__ __forceinline__ acc_t block_sum(acc_t v) {
+  __shared__ acc_t red[kSumThreads];
+  red[threadIdx.x] = v;
+  __syncthreads();
+  for (int s = kSumThreads / 2; s > 0; s >>= 1) {
+    if (static_cast<int>(threadIdx.x) < s) red[threadIdx.x] += red[threadIdx.x + s];
+    __syncthreads();
+  }
+  return red[0];
+}
+
+template <typename scalar_t, typename acc_t, bool kBackward, bool kSum>
 __global__ void __launch_bounds__(256) bce_kernel(const Params<scalar_t, acc_t> p) {
   constexpr int V = group_size<scalar_t>();
   const int64_t tid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   const int64_t groups = (p.numel - p.head) / V;
   const int64_t tail0 = p.head + groups * V;
+  acc_t sum = acc_t(0);  // kSum only
   for (int64_t gi = tid; gi < groups; gi += stride) {
-    bce_group<scalar_t, acc_t, kBackward>(p, p.head + gi * V);
+    sum += bce_group<scalar_t, acc_t, kBackward, kSum>(p, p.head + gi * V);
   }
   // head [0, head) and tail [tail0, numel): fewer than 2 V elements in all
   const int64_t singles = p.head + (p.numel - tail0);
   for (int64_t k = tid; k < singles; k += stride) {
-    bce_one<scalar_t, acc_t, kBackward>(p, k < p.head ? k : tail0 + (k - p.head));
+    sum += bce_one<scalar_t, acc_t, kBackward, kSum>(p, k < p.head ? k : tail0 + (k - p.head));
   }
+  if constexpr (kSum) {
+    const acc_t total = block_sum<acc_t>(sum);  // every thread of the block gets here
+    if (threadIdx.x == 0) p.partials[blockIdx.x] = total;
+  }
+}
+
+// out[0] = the n block partials added in a fixed order (one block of kSumThreads threads).
+template <typename acc_t>
+__global__ void __launch_bounds__(256) bce_sum_finish(const acc_t* partials, int64_t n, acc_t* out) {
+  acc_t v = acc_t(0);
+  for (int64_t i = threadIdx.x; i < n; i += kSumThreads) v += partials[i];
+  const acc_t total = block_sum<acc_t>(v);
+  if (threadIdx.x == 0) out[0] = total;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -280,7 +329,7 @@ template <typename scalar_t, typename acc_t>
 inline void launch_forward(Params<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
   p.grad_input = nullptr;
   plan(p);
-  auto kernel = &bce_kernel<scalar_t, acc_t, false>;
+  auto kernel = &bce_kernel<scalar_t, acc_t, false, false>;
   SMOOTHING_BCE_LAUNCH(kernel, bce_blocks(p.numel, group_size<scalar_t>(), num_sms), 256, 0, stream, p);
 }
 
@@ -288,8 +337,30 @@ template <typename scalar_t, typename acc_t>
 inline void launch_backward(Params<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
   p.loss = nullptr;
   plan(p);
-  auto kernel = &bce_kernel<scalar_t, acc_t, true>;
+  auto kernel = &bce_kernel<scalar_t, acc_t, true, false>;
   SMOOTHING_BCE_LAUNCH(kernel, bce_blocks(p.numel, group_size<scalar_t>(), num_sms), 256, 0, stream, p);
+}
+
+// Workspace slots launch_sum needs in p.partials.
+template <typename scalar_t>
+inline int sum_blocks(int64_t numel, int num_sms) {
+  return bce_blocks(numel, group_size<scalar_t>(), num_sms);
+}
+
+// Sum of the loss into p.loss[0] (numel > 0); p.partials holds sum_blocks() slots. Two launches on
+// `stream`, ordered by it.
+template <typename scalar_t, typename acc_t>
+inline void launch_sum(Params<scalar_t, acc_t>& p, int num_sms, cudaStream_t stream) {
+  p.grad_input = nullptr;
+  plan(p);
+  const int blocks = sum_blocks<scalar_t>(p.numel, num_sms);
+  auto kernel = &bce_kernel<scalar_t, acc_t, false, true>;
+  SMOOTHING_BCE_LAUNCH(kernel, blocks, kSumThreads, 0, stream, p);
+  auto finish = &bce_sum_finish<acc_t>;
+  const acc_t* partials = p.partials;
+  acc_t* out = p.loss;
+  const int64_t n = blocks;
+  SMOOTHING_BCE_LAUNCH(finish, 1, kSumThreads, 0, stream, partials, n, out);
 }
 
 }  // namespace cuda

@@ -10,13 +10,14 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "cuda/bce_kernels.cuh"
 
 extern "C" {
 
 struct BceSimtArgs {
-  int32_t backward;  // 0 forward (loss), 1 backward (grad_input)
+  int32_t backward;  // 0 forward (loss), 1 backward (grad_input), 2 sum (loss summed: out[0])
   int32_t dtype;     // input: 0 float32, 1 float64, 2 float16, 3 bfloat16
   int32_t num_sms;   // the SM count the launcher assumes (grid size)
   int32_t pad_;
@@ -24,7 +25,7 @@ struct BceSimtArgs {
   int64_t numel;
   smoothing_ext::bce::Operand target, weight, pos_weight, grad;
   double eps;
-  void* out;  // loss (accumulation dtype) or grad_input (input dtype)
+  void* out;  // loss (accumulation dtype), grad_input (input dtype) or the sum (one acc value)
   // the launcher's plan, reported back so that tests can tell which paths ran
   int64_t head;
   int32_t out_vec;
@@ -49,7 +50,13 @@ int run(BceSimtArgs& a) {
   p.on = c.on;
   p.off = c.off;
   cudaStream_t stream = nullptr;
-  if (a.backward) {
+  std::vector<acc_t> partials;  // sum: the workspace the host function takes from the allocator
+  if (a.backward == 2) {
+    partials.assign(static_cast<size_t>(sum_blocks<scalar_t>(a.numel, a.num_sms)), acc_t(0));
+    p.loss = static_cast<acc_t*>(a.out);
+    p.partials = partials.data();
+    launch_sum<scalar_t, acc_t>(p, a.num_sms, stream);
+  } else if (a.backward) {
     p.grad_input = static_cast<scalar_t*>(a.out);
     launch_backward<scalar_t, acc_t>(p, a.num_sms, stream);
   } else {
