@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import hashlib
 import os
 import subprocess
 import sys
@@ -35,33 +34,9 @@ requires_simt = pytest.mark.skipif(not _OK, reason=f"simt runtime unavailable: {
 
 
 def build(asan: bool = False) -> str:
-    """Compile tests/simt/bce_harness.cpp (cached by a hash of the sources and flags); the .so path."""
-    inc = simt_lib.simt_include()
-    srcs = [
-        os.path.join(HERE, "simt", "bce_harness.cpp"),
-        os.path.join(REPO, "csrc", "cuda", "bce_kernels.cuh"),
-        os.path.join(REPO, "csrc", "include", "smoothing_ext", "bce_math.h"),
-        os.path.join(inc, "simt_cpu.h"),
-    ]
-    flags = ["-std=c++17", "-g", "-fno-strict-aliasing", "-DSIMT_CPU", "-fPIC", "-shared", "-pthread",
-             "-Wall", "-Wno-unknown-pragmas"]
-    flags += (["-O1", "-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined"]
-              if asan else ["-O2"])
-    h = hashlib.sha256()
-    for s in srcs:
-        with open(s, "rb") as f:
-            h.update(f.read())
-    h.update(" ".join(flags).encode())
-    out = os.path.join(simt_lib.build_dir(), f"libbce_simt_{'asan_' if asan else ''}{h.hexdigest()[:12]}.so")
-    if os.path.exists(out):
-        return out
-    cmd = ["g++", *flags, f"-I{inc}", f"-I{os.path.join(REPO, 'csrc')}", f"-I{os.path.join(REPO, 'csrc', 'include')}",
-           srcs[0], "-o", out + ".tmp"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError("bce simt harness build failed:\n" + " ".join(cmd) + "\n" + r.stderr[-6000:])
-    os.replace(out + ".tmp", out)
-    return out
+    """Compile tests/simt/bce_harness.cpp (cached); the .so path."""
+    return simt_lib.build(asan=asan, harness="bce_harness.cpp", kernels="bce_kernels.cuh", math_header="bce_math.h",
+                          name="bce")
 
 
 class Operand(ctypes.Structure):

@@ -19,3 +19,20 @@
 
 #include "bce_kernel.h"
 #include "cross_entropy_kernel.h"
+
+// kernels_<isa>() of both kernel families, from the copy compiled in namespace NS, or empty tables
+// where that copy is not compiled (not x86-64 / not GCC-compatible).
+#define SMOOTHING_EXT_KERNEL_TABLES(isa, NS)                                          \
+  namespace smoothing_ext::cpu {                                                      \
+  KernelTable kernels_##isa() { return NS::make_table(#isa); }                        \
+  }                                                                                   \
+  namespace smoothing_ext::bce {                                                      \
+  KernelTable kernels_##isa() { return NS::make_table(#isa); }                        \
+  }
+#define SMOOTHING_EXT_EMPTY_KERNEL_TABLES(isa)                                        \
+  namespace smoothing_ext::cpu {                                                      \
+  KernelTable kernels_##isa() { return KernelTable{}; }                               \
+  }                                                                                   \
+  namespace smoothing_ext::bce {                                                      \
+  KernelTable kernels_##isa() { return KernelTable{}; }                               \
+  }

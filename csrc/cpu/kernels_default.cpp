@@ -5,9 +5,4 @@
 #include "cross_entropy_kernel_impl.h"
 #include "bce_kernel_impl.h"
 
-namespace smoothing_ext::cpu {
-KernelTable kernels_default() { return DEFAULT::make_table("default"); }
-}  // namespace smoothing_ext::cpu
-namespace smoothing_ext::bce {
-KernelTable kernels_default() { return DEFAULT::make_table("default"); }
-}  // namespace smoothing_ext::bce
+SMOOTHING_EXT_KERNEL_TABLES(default, DEFAULT)

@@ -34,6 +34,8 @@
 
 #include <smoothing_ext/bce_math.h>
 
+#include "elem_convert.cuh"
+
 #if defined(__CUDACC__) || defined(SIMT_CPU)
 
 // kernel<<<grid, block, smem, stream>>>(args...), or the simt equivalent; `kernel` a plain name.
@@ -67,29 +69,8 @@ struct Params {
 // element types
 // ------------------------------------------------------------------------------------------------
 
-__device__ __forceinline__ float to_acc(float v) { return v; }
-__device__ __forceinline__ double to_acc(double v) { return v; }
-__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename scalar_t>
-struct FromAcc;
-template <>
-struct FromAcc<float> {
-  static __device__ __forceinline__ float cvt(float v) { return v; }
-};
-template <>
-struct FromAcc<double> {
-  static __device__ __forceinline__ double cvt(double v) { return v; }
-};
-template <>
-struct FromAcc<__half> {
-  static __device__ __forceinline__ __half cvt(float v) { return __float2half_rn(v); }
-};
-template <>
-struct FromAcc<__nv_bfloat16> {
-  static __device__ __forceinline__ __nv_bfloat16 cvt(float v) { return __float2bfloat16_rn(v); }
-};
+using cuda_elem::FromAcc;
+using cuda_elem::to_acc;
 
 // N elements moved as one aligned block (16 bytes, or 32 for float of a 2-byte input).
 template <typename T, int N>

@@ -48,13 +48,16 @@ def build_dir() -> str:
     return d
 
 
-def build(asan: bool = False) -> str:
-    """Compile the harness (cached by a hash of the sources and flags); returns the .so path."""
+def build(asan: bool = False, harness: str = "harness.cpp", kernels: str = "cross_entropy_kernels.cuh",
+          math_header: str = "xent_math.h", name: str = "xent") -> str:
+    """Compile a harness of tests/simt (cached by a hash of its sources and flags); returns the .so
+    path. The defaults build the cross-entropy harness; tests/test_bce_simt.py builds the BCE one."""
     inc = simt_include()
     srcs = [
-        os.path.join(HERE, "harness.cpp"),
-        os.path.join(REPO, "csrc", "cuda", "cross_entropy_kernels.cuh"),
-        os.path.join(REPO, "csrc", "include", "smoothing_ext", "xent_math.h"),
+        os.path.join(HERE, harness),
+        os.path.join(REPO, "csrc", "cuda", kernels),
+        os.path.join(REPO, "csrc", "cuda", "elem_convert.cuh"),
+        os.path.join(REPO, "csrc", "include", "smoothing_ext", math_header),
         os.path.join(inc, "simt_cpu.h"),
     ]
     flags = ["-std=c++17", "-g", "-fno-strict-aliasing", "-DSIMT_CPU", "-fPIC", "-shared", "-pthread",
@@ -68,14 +71,14 @@ def build(asan: bool = False) -> str:
         with open(s, "rb") as f:
             h.update(f.read())
     h.update(" ".join(flags).encode())
-    out = os.path.join(build_dir(), f"libxent_simt_{'asan_' if asan else ''}{h.hexdigest()[:12]}.so")
+    out = os.path.join(build_dir(), f"lib{name}_simt_{'asan_' if asan else ''}{h.hexdigest()[:12]}.so")
     if os.path.exists(out):
         return out
     cmd = ["g++", *flags, f"-I{inc}", f"-I{os.path.join(REPO, 'csrc')}", f"-I{os.path.join(REPO, 'csrc', 'include')}",
            srcs[0], "-o", out + ".tmp"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError("simt harness build failed:\n" + " ".join(cmd) + "\n" + r.stderr[-6000:])
+        raise RuntimeError(f"simt harness build failed ({harness}):\n" + " ".join(cmd) + "\n" + r.stderr[-6000:])
     os.replace(out + ".tmp", out)
     return out
 
