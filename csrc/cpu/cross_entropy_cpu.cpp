@@ -98,6 +98,14 @@ void fill_common(XentArgs& a, const at::Tensor& x, const at::Tensor& w, const Xe
   a.grad_scale = 1.0;
 }
 
+// Probability targets are read in their own dtype when it is the input's or the accumulation
+// dtype (float32 targets of bfloat16 logits under autocast: no rounding, no copy); any other
+// dtype is converted to the accumulation dtype.
+at::Tensor prob_target_as_read(const at::Tensor& target, at::ScalarType input_dtype, at::ScalarType acc) {
+  const auto t = target.scalar_type();
+  return (t == input_dtype || t == acc ? target : target.to(acc)).contiguous();
+}
+
 // The backward ops' upstream gradients and saved lse, converted to the accumulation dtype.
 struct BackwardInputs {
   at::Tensor g, gl, l;
@@ -218,11 +226,12 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cpu(const at::Tens
   at::Tensor lse = at::empty(sh.loss_sizes, input.options().dtype(acc));
   if (loss.numel() == 0) return {loss, lse};
   const at::Tensor x = input.contiguous();
-  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const at::Tensor y = prob_target_as_read(target, input.scalar_type(), acc);
   const at::Tensor w = weight_as_acc(weight, acc);
   XentArgs a{};
   fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
   a.target = y.const_data_ptr();
+  a.target_dtype = y.scalar_type();
   a.loss = loss.mutable_data_ptr();
   a.lse = lse.mutable_data_ptr();
   active_kernels().prob_forward(a);
@@ -240,12 +249,13 @@ at::Tensor cross_entropy_prob_backward_cpu(const at::Tensor& grad_loss, const st
   if (grad.numel() == 0) return grad;
   const auto acc = acc_dtype(input.scalar_type());
   const at::Tensor x = input.contiguous();
-  const at::Tensor y = target.to(input.scalar_type()).contiguous();
+  const at::Tensor y = prob_target_as_read(target, input.scalar_type(), acc);
   const at::Tensor w = weight_as_acc(weight, acc);
   XentArgs a{};
   fill_common(a, x, w, sh, label_smoothing, off_target, softcap);
   const BackwardInputs keep = backward_inputs(grad_loss, grad_lse, lse, acc, a);
   a.target = y.const_data_ptr();
+  a.target_dtype = y.scalar_type();
   a.grad_input = grad.mutable_data_ptr();
   active_kernels().prob_backward(a);
   return grad;

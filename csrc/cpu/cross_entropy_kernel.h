@@ -16,7 +16,8 @@ namespace smoothing_ext::cpu {
 struct XentArgs {
   c10::ScalarType dtype;     // input (and probability target) dtype; acc = float or double
   const void* input;         // (N, C, S) contiguous
-  const void* target;        // int64 (N, S) indices, or input-dtype (N, C, S) probabilities
+  const void* target;        // int64 (N, S) indices, or (N, C, S) probabilities of target_dtype
+  c10::ScalarType target_dtype;  // probabilities: the input dtype or the accumulation dtype
   const void* weight;        // acc dtype (C,), or nullptr
   double weight_sum;         // sum of weight (C when weight is nullptr)
   int64_t N, C, S;

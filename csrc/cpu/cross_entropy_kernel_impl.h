@@ -127,6 +127,30 @@ constexpr int64_t kLanes = 256;
 // Largest row whose exps the fused kernel keeps (4 MiB of float per task); longer rows recompute.
 constexpr int64_t kKeepMaxClasses = int64_t(1) << 20;
 
+// Long sums are accumulated in blocks: each block of kSumBlock elements in fresh vector
+// accumulators (at most 128 additions per lane), the block totals then added to the row's running
+// vector totals. The rounding error of a 262144-class row then grows like 128 + C / kSumBlock
+// additions instead of C / (2 K) (8192 per lane with AVX2), which is what made the sums of a
+// 128k-vocabulary row lose ~1e-4 relative. A multiple of 2 K for every vector width.
+constexpr int64_t kSumBlock = 2048;
+// The same for scalar (strided-row) loops: one running partial per kScalarBlock terms.
+constexpr int64_t kScalarBlock = 256;
+
+template <typename T>
+struct BlockedSum {
+  T total = T(0), part = T(0);
+  int64_t n = 0;
+  void add(T v) {
+    part += v;
+    if (++n == kScalarBlock) {
+      total += part;
+      part = T(0);
+      n = 0;
+    }
+  }
+  T get() const { return total + part; }
+};
+
 template <typename acc_t>
 inline acc_t hsum(const Vectorized<acc_t>& v) {
   alignas(64) acc_t buf[Vectorized<acc_t>::size()];
@@ -200,27 +224,33 @@ inline void row_max_sum(const scalar_t* x, int64_t C, const acc_t* w, const Cap&
   constexpr int64_t K = V::size();
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
   V m0(ninf), m1(ninf), s0(acc_t(0)), s1(acc_t(0));
-  int64_t j = 0;
-  if (w == nullptr) {
-    for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = cap.load(x + j), b = cap.load(x + j + K);
-      m0 = vmax(m0, a);
-      m1 = vmax(m1, b);
-      s0 = s0 + a;
-      s1 = s1 + b;
+  const int64_t Cv = C - C % (2 * K);
+  for (int64_t jb = 0; jb < Cv; jb += kSumBlock) {
+    const int64_t je = std::min(Cv, jb + kSumBlock);
+    V b0(acc_t(0)), b1(acc_t(0));
+    if (w == nullptr) {
+      for (int64_t j = jb; j < je; j += 2 * K) {
+        const V a = cap.load(x + j), b = cap.load(x + j + K);
+        m0 = vmax(m0, a);
+        m1 = vmax(m1, b);
+        b0 = b0 + a;
+        b1 = b1 + b;
+      }
+    } else {
+      for (int64_t j = jb; j < je; j += 2 * K) {
+        const V a = cap.load(x + j), b = cap.load(x + j + K);
+        m0 = vmax(m0, a);
+        m1 = vmax(m1, b);
+        b0 = at::vec::fmadd(a, V::loadu(w + j), b0);
+        b1 = at::vec::fmadd(b, V::loadu(w + j + K), b1);
+      }
     }
-  } else {
-    for (; j + 2 * K <= C; j += 2 * K) {
-      const V a = cap.load(x + j), b = cap.load(x + j + K);
-      m0 = vmax(m0, a);
-      m1 = vmax(m1, b);
-      s0 = at::vec::fmadd(a, V::loadu(w + j), s0);
-      s1 = at::vec::fmadd(b, V::loadu(w + j + K), s1);
-    }
+    s0 = s0 + b0;
+    s1 = s1 + b1;
   }
   acc_t m = hmax(vmax(m0, m1));
   acc_t s = hsum(s0 + s1);
-  for (; j < C; ++j) {
+  for (int64_t j = Cv; j < C; ++j) {
     const acc_t v = cap.at(static_cast<acc_t>(x[j]));
     m = v > m ? v : m;
     s += w == nullptr ? v : w[j] * v;
@@ -235,20 +265,27 @@ inline void row_sumexp(const scalar_t* x, int64_t C, acc_t m, const Cap& cap, ac
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   const V vm(m), zero(acc_t(0)), one(acc_t(1));
+  // counts are small integers, exact in any order: no blocking needed for them
   V r0(acc_t(0)), r1(acc_t(0)), c0(acc_t(0)), c1(acc_t(0));
-  int64_t j = 0;
-  for (; j + 2 * K <= C; j += 2 * K) {
-    const V a = cap.load(x + j), b = cap.load(x + j + K);
-    const V ea = fast_exp(a - vm), eb = fast_exp(b - vm);
-    const V qa = (a == vm), qb = (b == vm);
-    r0 = r0 + V::blendv(ea, zero, qa);
-    r1 = r1 + V::blendv(eb, zero, qb);
-    c0 = c0 + V::blendv(zero, one, qa);
-    c1 = c1 + V::blendv(zero, one, qb);
+  const int64_t Cv = C - C % (2 * K);
+  for (int64_t jb = 0; jb < Cv; jb += kSumBlock) {
+    const int64_t je = std::min(Cv, jb + kSumBlock);
+    V b0(acc_t(0)), b1(acc_t(0));
+    for (int64_t j = jb; j < je; j += 2 * K) {
+      const V a = cap.load(x + j), b = cap.load(x + j + K);
+      const V ea = fast_exp(a - vm), eb = fast_exp(b - vm);
+      const V qa = (a == vm), qb = (b == vm);
+      b0 = b0 + V::blendv(ea, zero, qa);
+      b1 = b1 + V::blendv(eb, zero, qb);
+      c0 = c0 + V::blendv(zero, one, qa);
+      c1 = c1 + V::blendv(zero, one, qb);
+    }
+    r0 = r0 + b0;
+    r1 = r1 + b1;
   }
   acc_t rest = hsum(r0 + r1);
   acc_t cnt = hsum(c0 + c1);
-  for (; j < C; ++j) {
+  for (int64_t j = Cv; j < C; ++j) {
     const acc_t v = cap.at(static_cast<acc_t>(x[j]));
     if (v == m) {
       cnt += acc_t(1);
@@ -277,22 +314,28 @@ inline void row_sumexp_keep(const scalar_t* x, int64_t C, acc_t m, acc_t* e, acc
   constexpr int64_t K = V::size();
   const V vm(m), zero(acc_t(0)), one(acc_t(1));
   V r0(acc_t(0)), r1(acc_t(0)), c0(acc_t(0)), c1(acc_t(0));
-  int64_t j = 0;
-  for (; j + 2 * K <= C; j += 2 * K) {
-    const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
-    const V qa = (a == vm), qb = (b == vm);
-    const V ea = V::blendv(fast_exp(a - vm), zero, qa), eb = V::blendv(fast_exp(b - vm), zero, qb);
-    r0 = r0 + ea;
-    r1 = r1 + eb;
-    const V ca = V::blendv(zero, one, qa), cb = V::blendv(zero, one, qb);
-    c0 = c0 + ca;
-    c1 = c1 + cb;
-    (ea + ca).store(e + j);
-    (eb + cb).store(e + j + K);
+  const int64_t Cv = C - C % (2 * K);
+  for (int64_t jb = 0; jb < Cv; jb += kSumBlock) {
+    const int64_t je = std::min(Cv, jb + kSumBlock);
+    V b0(acc_t(0)), b1(acc_t(0));
+    for (int64_t j = jb; j < je; j += 2 * K) {
+      const V a = vload<scalar_t, acc_t>(x + j), b = vload<scalar_t, acc_t>(x + j + K);
+      const V qa = (a == vm), qb = (b == vm);
+      const V ea = V::blendv(fast_exp(a - vm), zero, qa), eb = V::blendv(fast_exp(b - vm), zero, qb);
+      b0 = b0 + ea;
+      b1 = b1 + eb;
+      const V ca = V::blendv(zero, one, qa), cb = V::blendv(zero, one, qb);
+      c0 = c0 + ca;
+      c1 = c1 + cb;
+      (ea + ca).store(e + j);
+      (eb + cb).store(e + j + K);
+    }
+    r0 = r0 + b0;
+    r1 = r1 + b1;
   }
   acc_t rest = hsum(r0 + r1);
   acc_t cnt = hsum(c0 + c1);
-  for (; j < C; ++j) {
+  for (int64_t j = Cv; j < C; ++j) {
     const acc_t v = static_cast<acc_t>(x[j]);
     if (v == m) {
       cnt += acc_t(1);
@@ -402,13 +445,20 @@ inline void chunk_stats(const scalar_t* xb, int64_t C, int64_t S, int64_t L, con
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
   const int64_t Lv = L - L % K;
-  alignas(64) acc_t M[kLanes], Cn[kLanes];
+  // Sums run over the classes in blocks of kScalarBlock (partials P, flushed into the totals).
+  alignas(64) acc_t M[kLanes], Cn[kLanes], P[kLanes];
   acc_t* R = Lse;
   const acc_t ninf = -std::numeric_limits<acc_t>::infinity();
+  auto flush = [&](acc_t* total, int64_t j) {
+    if ((j + 1) % kScalarBlock != 0 && j + 1 != C) return;
+    for (int64_t b = 0; b < L; ++b) total[b] += P[b];
+    std::fill(P, P + L, acc_t(0));
+  };
   std::fill(M, M + L, ninf);
   std::fill(Sm, Sm + L, acc_t(0));
   std::fill(R, R + L, acc_t(0));
   std::fill(Cn, Cn + L, acc_t(0));
+  std::fill(P, P + L, acc_t(0));
   for (int64_t j = 0; j < C; ++j) {
     const scalar_t* xr = xb + j * S;
     const acc_t wj = w == nullptr ? acc_t(1) : w[j];
@@ -416,13 +466,14 @@ inline void chunk_stats(const scalar_t* xb, int64_t C, int64_t S, int64_t L, con
     for (int64_t b = 0; b < Lv; b += K) {
       const V v = cap.load(xr + b);
       vmax(V::loadu(M + b), v).store(M + b);
-      (w == nullptr ? V::loadu(Sm + b) + v : at::vec::fmadd(v, vw, V::loadu(Sm + b))).store(Sm + b);
+      (w == nullptr ? V::loadu(P + b) + v : at::vec::fmadd(v, vw, V::loadu(P + b))).store(P + b);
     }
     for (int64_t b = Lv; b < L; ++b) {
       const acc_t v = cap.at(static_cast<acc_t>(xr[b]));
       M[b] = v > M[b] ? v : M[b];
-      Sm[b] += wj * v;
+      P[b] += wj * v;
     }
+    flush(Sm, j);
   }
   const V zero(acc_t(0)), one(acc_t(1));
   for (int64_t j = 0; j < C; ++j) {
@@ -431,13 +482,14 @@ inline void chunk_stats(const scalar_t* xb, int64_t C, int64_t S, int64_t L, con
       const V v = cap.load(xr + b);
       const V vm = V::loadu(M + b);
       const V q = (v == vm);
-      (V::loadu(R + b) + V::blendv(fast_exp(v - vm), zero, q)).store(R + b);
+      (V::loadu(P + b) + V::blendv(fast_exp(v - vm), zero, q)).store(P + b);
       (V::loadu(Cn + b) + V::blendv(zero, one, q)).store(Cn + b);
     }
     for (int64_t b = Lv; b < L; ++b) {
       const acc_t v = cap.at(static_cast<acc_t>(xr[b]));
-      if (v == M[b]) Cn[b] += acc_t(1); else R[b] += scalar_exp(v - M[b]);
+      if (v == M[b]) Cn[b] += acc_t(1); else P[b] += scalar_exp(v - M[b]);
     }
+    flush(R, j);
   }
   // lse of the chunk's rows, vectorized: with few classes a scalar log1p per row would cost
   // as much as the passes over the logits.
@@ -668,40 +720,117 @@ void index_backward_impl(const XentArgs& a, const Cap& cap) {
 // probability targets: q_j = on y_j + off, loss = A lse - B, grad_j = (g A + gl) p_j - g w_j q_j
 // ---------------------------------------------------------------------------------------------
 
-// One (possibly strided) row: m, A = sum w q, B = sum w q x. Vectorized when the row is contiguous.
-template <typename scalar_t, typename acc_t, typename Cap>
-inline void prob_row_stats(const scalar_t* x, const scalar_t* y, int64_t C, int64_t S, const acc_t* w,
-                           SmoothCoefs<acc_t> c, const Cap& cap, acc_t& m_out, acc_t& A_out, acc_t& B_out) {
+// Statistics of one (possibly strided) row for the loss A lse - B, A = sum_j w_j q_j,
+// B = sum_j w_j q_j x_j. Both are taken apart along q_j = on y_j + off, so that the constant part
+// is exact: A = on sum_j w_j y_j + off W (W in closed form, not summed C times). B is summed
+// relative to a reference logit `ref` (the row's first): loss = A (lse - ref) - sum_j w_j q_j
+// (x_j - ref), which takes a common offset of the logits out of the cancellation A lse - B.
+// Targets are read in their own dtype (tgt_t: the input's, or the accumulation dtype).
+template <typename acc_t>
+struct ProbRow {
+  acc_t m, A, B, ref;  // B relative to ref
+};
+
+template <typename acc_t>
+inline acc_t prob_ref(acc_t x0) {
+  return std::isfinite(x0) ? x0 : acc_t(0);
+}
+
+template <typename scalar_t, typename tgt_t, typename acc_t, typename Cap>
+inline ProbRow<acc_t> prob_row_stats(const scalar_t* x, const tgt_t* y, int64_t C, int64_t S, const acc_t* w,
+                                     acc_t W, SmoothCoefs<acc_t> c, const Cap& cap) {
   using V = Vectorized<acc_t>;
   constexpr int64_t K = V::size();
-  acc_t m = -std::numeric_limits<acc_t>::infinity(), A = 0, B = 0;
+  const acc_t ref = C > 0 ? prob_ref(cap.at(static_cast<acc_t>(x[0]))) : acc_t(0);
+  acc_t m = -std::numeric_limits<acc_t>::infinity();
+  // sum w y, sum w (x - ref), sum w y (x - ref)
+  acc_t sy = 0, sx = 0, syx = 0;
   int64_t j = 0;
   if (S == 1) {
-    const V von(c.on), voff(c.off);
-    V vm(m), vA(acc_t(0)), vB(acc_t(0));
-    for (; j + K <= C; j += K) {
-      const V v = cap.load(x + j);
-      V q = at::vec::fmadd(von, vload<scalar_t, acc_t>(y + j), voff);
-      if (w != nullptr) q = q * V::loadu(w + j);
-      vm = vmax(vm, v);
-      vA = vA + q;
-      vB = at::vec::fmadd(q, v, vB);
+    const V vref(ref);
+    V vm(m), ty(acc_t(0)), tx(acc_t(0)), tyx(acc_t(0));
+    const int64_t Cv = C - C % K;
+    for (int64_t jb = 0; jb < Cv; jb += kSumBlock) {
+      const int64_t je = std::min(Cv, jb + kSumBlock);
+      V by(acc_t(0)), bx(acc_t(0)), byx(acc_t(0));
+      for (j = jb; j < je; j += K) {
+        const V v = cap.load(x + j);
+        const V d = v - vref;
+        V yv = vload<tgt_t, acc_t>(y + j);
+        vm = vmax(vm, v);
+        if (w != nullptr) {
+          const V wv = V::loadu(w + j);
+          yv = yv * wv;
+          bx = at::vec::fmadd(wv, d, bx);
+        } else {
+          bx = bx + d;
+        }
+        by = by + yv;
+        byx = at::vec::fmadd(yv, d, byx);
+      }
+      ty = ty + by;
+      tx = tx + bx;
+      tyx = tyx + byx;
     }
+    j = Cv;
     m = hmax(vm);
-    A = hsum(vA);
-    B = hsum(vB);
+    sy = hsum(ty);
+    sx = hsum(tx);
+    syx = hsum(tyx);
   }
+  BlockedSum<acc_t> ry, rx, ryx;
   for (; j < C; ++j) {
     const acc_t v = cap.at(static_cast<acc_t>(x[j * S]));
-    acc_t q = prob_q(static_cast<acc_t>(y[j * S]), c);
-    if (w != nullptr) q *= w[j];
+    const acc_t wj = w == nullptr ? acc_t(1) : w[j];
+    const acc_t yv = static_cast<acc_t>(y[j * S]) * wj;
     m = v > m ? v : m;
-    A += q;
-    B += q * v;
+    ry.add(yv);
+    rx.add(wj * (v - ref));
+    ryx.add(yv * (v - ref));
   }
-  m_out = m;
-  A_out = A;
-  B_out = B;
+  sy += ry.get();
+  sx += rx.get();
+  syx += ryx.get();
+  // a zero coefficient skips its term (as index_row_loss): 0 * (-inf) would make an exact loss NaN
+  ProbRow<acc_t> r{m, acc_t(0), acc_t(0), ref};
+  if (c.on != acc_t(0)) {
+    r.A += c.on * sy;
+    r.B += c.on * syx;
+  }
+  if (c.off != acc_t(0)) {
+    r.A += c.off * W;
+    r.B += c.off * sx;
+  }
+  return r;
+}
+
+// A = sum_j w_j q_j alone (the backward's coefficient): one blocked sum of w y, none when on == 0.
+template <typename tgt_t, typename acc_t>
+inline acc_t prob_row_A(const tgt_t* y, int64_t C, int64_t S, const acc_t* w, acc_t W, SmoothCoefs<acc_t> c) {
+  using V = Vectorized<acc_t>;
+  constexpr int64_t K = V::size();
+  acc_t A = c.off != acc_t(0) ? c.off * W : acc_t(0);
+  if (c.on == acc_t(0)) return A;
+  acc_t sy = 0;
+  int64_t j = 0;
+  if (S == 1) {
+    V ty(acc_t(0));
+    const int64_t Cv = C - C % K;
+    for (int64_t jb = 0; jb < Cv; jb += kSumBlock) {
+      const int64_t je = std::min(Cv, jb + kSumBlock);
+      V by(acc_t(0));
+      for (j = jb; j < je; j += K) {
+        const V yv = vload<tgt_t, acc_t>(y + j);
+        by = w == nullptr ? by + yv : at::vec::fmadd(yv, V::loadu(w + j), by);
+      }
+      ty = ty + by;
+    }
+    j = Cv;
+    sy = hsum(ty);
+  }
+  BlockedSum<acc_t> ry;
+  for (; j < C; ++j) ry.add(static_cast<acc_t>(y[j * S]) * (w == nullptr ? acc_t(1) : w[j]));
+  return A + c.on * (sy + ry.get());
 }
 
 template <typename scalar_t, typename acc_t, typename Cap>
@@ -711,46 +840,50 @@ inline void strided_sumexp(const scalar_t* x, int64_t C, int64_t S, acc_t m, con
     return;
   }
   cnt = 0;
-  rest = 0;
+  BlockedSum<acc_t> r;
   for (int64_t j = 0; j < C; ++j) {
     const acc_t v = cap.at(static_cast<acc_t>(x[j * S]));
-    if (v == m) cnt += 1; else rest += scalar_exp(v - m);
+    if (v == m) cnt += 1; else r.add(scalar_exp(v - m));
   }
+  rest = r.get();
 }
 
-template <typename scalar_t, typename acc_t, typename Cap>
+template <typename scalar_t, typename tgt_t, typename acc_t, typename Cap>
 void prob_forward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
-  const scalar_t* y = static_cast<const scalar_t*>(a.target);
+  const tgt_t* y = static_cast<const tgt_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
   acc_t* loss = static_cast<acc_t*>(a.loss);
   acc_t* lse_out = static_cast<acc_t*>(a.lse);
   const int64_t C = a.C, S = a.S;
+  const acc_t W = static_cast<acc_t>(a.weight_sum);
   const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
   at::parallel_for(0, a.N * S, grain_rows(C), [&](int64_t begin, int64_t end) {
     for (int64_t pos = begin; pos < end; ++pos) {
       const int64_t n = pos / S, s = pos % S;
       const int64_t base = n * C * S + s;
-      acc_t m, A, B, cnt, rest;
-      prob_row_stats<scalar_t, acc_t>(x + base, y + base, C, S, w, c, cap, m, A, B);
-      strided_sumexp<scalar_t, acc_t>(x + base, C, S, m, cap, cnt, rest);
-      const acc_t lse = lse_from_parts(m, cnt, rest);
-      lse_out[pos] = lse;
-      loss[pos] = prob_row_loss(lse, A, B);
+      acc_t cnt, rest;
+      const ProbRow<acc_t> r = prob_row_stats<scalar_t, tgt_t, acc_t>(x + base, y + base, C, S, w, W, c, cap);
+      strided_sumexp<scalar_t, acc_t>(x + base, C, S, r.m, cap, cnt, rest);
+      // lse - ref = (m - ref) + log1p(...): no large common offset left in the difference
+      const acc_t lse_rel = (r.m - r.ref) + se_log1p((cnt - acc_t(1)) + rest);
+      lse_out[pos] = lse_from_parts(r.m, cnt, rest);
+      loss[pos] = prob_row_loss(lse_rel, r.A, r.B);
     }
   });
 }
 
-template <typename scalar_t, typename acc_t, typename Cap>
+template <typename scalar_t, typename tgt_t, typename acc_t, typename Cap>
 void prob_backward_impl(const XentArgs& a, const Cap& cap) {
   const scalar_t* x = static_cast<const scalar_t*>(a.input);
-  const scalar_t* y = static_cast<const scalar_t*>(a.target);
+  const tgt_t* y = static_cast<const tgt_t*>(a.target);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
   const acc_t* gloss = static_cast<const acc_t*>(a.grad_loss);
   const acc_t* glse = static_cast<const acc_t*>(a.grad_lse);
   const acc_t* lse_in = static_cast<const acc_t*>(a.lse_in);
   scalar_t* gx = static_cast<scalar_t*>(a.grad_input);
   const int64_t C = a.C, S = a.S;
+  const acc_t W = static_cast<acc_t>(a.weight_sum);
   const SmoothCoefs<acc_t> c{static_cast<acc_t>(a.on), static_cast<acc_t>(a.off)};
   at::parallel_for(0, a.N * S, grain_rows(C), [&](int64_t begin, int64_t end) {
     using V = Vectorized<acc_t>;
@@ -759,10 +892,9 @@ void prob_backward_impl(const XentArgs& a, const Cap& cap) {
       const int64_t n = pos / S, s = pos % S;
       const int64_t base = n * C * S + s;
       const scalar_t* xr = x + base;
-      const scalar_t* yr = y + base;
+      const tgt_t* yr = y + base;
       scalar_t* gr = gx + base;
-      acc_t m, A, B;
-      prob_row_stats<scalar_t, acc_t>(xr, yr, C, S, w, c, cap, m, A, B);  // A again: O(C) re-read
+      const acc_t A = prob_row_A<tgt_t, acc_t>(yr, C, S, w, W, c);  // re-reads the target row only
       const acc_t g = gloss[pos];
       const acc_t gl = glse == nullptr ? acc_t(0) : glse[pos];
       const acc_t P = g * A + gl, lse = lse_in[pos];
@@ -770,8 +902,8 @@ void prob_backward_impl(const XentArgs& a, const Cap& cap) {
       if (S == 1) {
         const V vP(P), vg(g), vl(lse), von(c.on), voff(c.off);
         for (; j + 2 * K <= C; j += 2 * K) {
-          V q0 = at::vec::fmadd(von, vload<scalar_t, acc_t>(yr + j), voff);
-          V q1 = at::vec::fmadd(von, vload<scalar_t, acc_t>(yr + j + K), voff);
+          V q0 = at::vec::fmadd(von, vload<tgt_t, acc_t>(yr + j), voff);
+          V q1 = at::vec::fmadd(von, vload<tgt_t, acc_t>(yr + j + K), voff);
           if (w != nullptr) {
             q0 = q0 * V::loadu(w + j);
             q1 = q1 * V::loadu(w + j + K);
@@ -877,17 +1009,36 @@ inline void index_backward(const XentArgs& a) {
   });
 }
 
+// Probability targets come in the input's dtype or in the accumulation dtype (float32 targets
+// with bfloat16 logits under autocast): both are read as they are, never rounded to the logits'.
+template <typename scalar_t, typename F>
+inline void with_target_type(const XentArgs& a, const F& f) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (a.target_dtype == a.dtype) {
+    f(static_cast<const scalar_t*>(nullptr));
+  } else {
+    TORCH_INTERNAL_ASSERT(a.target_dtype == c10::CppTypeToScalarType<acc_t>::value);
+    f(static_cast<const acc_t*>(nullptr));
+  }
+}
+
 inline void prob_forward(const XentArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::cross_entropy_prob_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_cap<acc_t>(a, [&](const auto& cap) { prob_forward_impl<scalar_t, acc_t>(a, cap); });
+    with_target_type<scalar_t>(a, [&](const auto* tag) {
+      using tgt_t = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+      with_cap<acc_t>(a, [&](const auto& cap) { prob_forward_impl<scalar_t, tgt_t, acc_t>(a, cap); });
+    });
   });
 }
 
 inline void prob_backward(const XentArgs& a) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, a.dtype, "smoothing_ext::_cross_entropy_prob_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    with_cap<acc_t>(a, [&](const auto& cap) { prob_backward_impl<scalar_t, acc_t>(a, cap); });
+    with_target_type<scalar_t>(a, [&](const auto* tag) {
+      using tgt_t = std::remove_const_t<std::remove_pointer_t<decltype(tag)>>;
+      with_cap<acc_t>(a, [&](const auto& cap) { prob_backward_impl<scalar_t, tgt_t, acc_t>(a, cap); });
+    });
   });
 }
 
