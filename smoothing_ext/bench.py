@@ -15,6 +15,16 @@ reference.
     python -m smoothing_ext.bench --quick         # CI smoke run (< 1 minute)
     python -m smoothing_ext.bench --workloads lm-32k --dtypes bfloat16 --modes fwdbwd --json out.json
     python -m smoothing_ext.bench --workloads lm-32k --dtypes bfloat16 --modes fwdbwd --features fused
+    python -m smoothing_ext.bench --quick --strict  # exit 1 when a check below fails
+
+Every run checks that its numbers can be trusted, warns loudly (stdout and stderr) when not, and
+exits 1 with ``--strict``: the machine is busy (the 1-minute load average at the start, and a
+calibration loop before every case that measures the share of the CPU this process gets and its
+speed, compared across the run), a row's run-to-run spread (interquartile range of the repeats over
+their median) is above ``--max-spread``, a floor is implausible (its bandwidth above the copy
+bandwidth measured on the same tensor), or a row's result differs from the oracle's
+(``F.cross_entropy`` in float64 on the same inputs, or the feature's float64 reference) by more than
+the dtype's tolerance. ``--threads`` (default: the physical cores) sets ``torch.set_num_threads``.
 
 Features beyond F.cross_entropy are compared with the same computation written in plain PyTorch
 (eager and compiled): ``fused`` (grad_in_forward, separate buffer and in place, against the default
@@ -44,6 +54,20 @@ import torch.nn.functional as F
 import smoothing_ext
 from smoothing_ext import _bench_impls
 from smoothing_ext._reference import reference_cross_entropy
+from smoothing_ext.info import physical_cores
+
+# Largest accepted error against the oracle (float64 on the same, already rounded, inputs): the
+# mean loss relative to max(1, |loss|), and for fwdbwd the gradient relative to its largest entry.
+# Output rounding of bfloat16/float16 implementations dominates their error.
+ORACLE_TOL = {"float64": 1e-7, "float32": 1e-4, "bfloat16": 4e-2, "float16": 5e-3}
+# The calibration loop must get at least this share of the CPU (1.0: every torch thread ran all the
+# time) and its speed may vary at most this much across the run; otherwise the machine is busy.
+MIN_CPU_SHARE = 0.85
+MAX_CALIBRATION_DRIFT = 1.25
+DEFAULT_MAX_SPREAD_PCT = 10.0
+# A floor whose implied bandwidth exceeds the copy bandwidth measured on the same tensor by more
+# than this factor cannot be a real memory-traffic floor (a timing that did not wait, or a cache effect).
+FLOOR_BW_MARGIN = 1.25
 
 # ---------------------------------------------------------------------------------------------
 # workloads
@@ -141,7 +165,22 @@ def _sync(device: str) -> None:
 
 
 def time_fn(fn: Callable[[], object], device: str, min_reps: int, budget_s: float, max_reps: int = 50) -> float:
-    """Median wall time of fn() in seconds, after warm-up (at least two calls and 0.4 x budget).
+    """Median wall time of fn() in seconds (see time_samples)."""
+    return statistics.median(time_samples(fn, device, min_reps, budget_s, max_reps))
+
+
+def spread_pct(samples: list[float]) -> Optional[float]:
+    """Run-to-run spread of timed repeats: interquartile range over the median, in percent (robust
+    to the odd outlier, such as one call that paid for page faults); None below 3 samples."""
+    if len(samples) < 3:
+        return None
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return 100.0 * (q3 - q1) / statistics.median(samples)
+
+
+def time_samples(fn: Callable[[], object], device: str, min_reps: int, budget_s: float,
+                 max_reps: int = 50) -> list[float]:
+    """Wall times of repeated fn() calls in seconds, after warm-up (at least two calls and 0.4 x budget).
 
     The warm-up matters for large shapes on virtual machines: memory freed and left idle for a
     couple of seconds is handed back to the hypervisor (free page reporting), and the first calls
@@ -159,7 +198,33 @@ def time_fn(fn: Callable[[], object], device: str, min_reps: int, budget_s: floa
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return times
+
+
+@dataclasses.dataclass
+class Calibration:
+    cpu_share: float  # CPU time of the process / (wall time x torch threads) during the loop
+    rate: float  # loop iterations per second
+
+
+def calibrate(seconds: float = 0.1) -> Calibration:
+    """A fixed parallel compute loop (torch.exp over 4 MiB) on the torch threads, timed by the wall
+    clock and by the process's CPU clock (all threads): on an idle machine every thread runs the
+    whole time (share ~1); competing processes take cores away (two busy loops on two cores: ~0.5),
+    which a median time alone cannot tell from a slow kernel. The rate, compared across the run,
+    catches a machine that changes under the benchmark."""
+    x = torch.rand(1 << 20)
+    buf = torch.empty_like(x)
+    torch.exp(x, out=buf)  # warm
+    n, w0, c0 = 0, time.perf_counter(), time.process_time()
+    while True:
+        torch.exp(x, out=buf)
+        n += 1
+        wall = time.perf_counter() - w0
+        if wall >= seconds:
+            break
+    cpu = time.process_time() - c0
+    return Calibration(cpu_share=cpu / (wall * torch.get_num_threads()), rate=n / wall)
 
 
 class _RssSampler:
@@ -254,6 +319,10 @@ class Row:
     max_err: Optional[float] = None
     note: str = ""
     feature: str = ""  # "" (plain label smoothing) or one of FEATURES
+    spread_pct: Optional[float] = None  # interquartile range of the timed repeats over their median
+    cpu_share: Optional[float] = None  # calibration just before this case (see calibrate)
+    oracle_ok: Optional[bool] = None  # max_err within ORACLE_TOL of the dtype
+    checks: str = ""  # failed checks of this row, "; "-separated ("" = all passed)
 
 
 def _compiled(eps: float, feature: str = ""):
@@ -305,19 +374,23 @@ def _make_runner(fn, x, t, w, eps, mode):
 
 
 def _error(fn, x, t, w, eps, mode, rows: int, feature: str = "") -> float:
-    """Max abs error against the float64 reference on the first `rows` rows (loss, and gradient
-    for fwdbwd). The implementations return the mean over these rows."""
+    """Error against the oracle on the first `rows` rows: the mean loss relative to max(1, |loss|),
+    and for fwdbwd the gradient relative to its largest entry. The oracle is F.cross_entropy in
+    float64 on the same (already rounded) inputs; for the features without an F.cross_entropy
+    equivalent, the feature's float64 reference."""
     xs, ts = x[:rows], t[:rows]
     xr = xs.detach().double().requires_grad_()
     if feature == "bce":
         ref = _bench_impls.reference_bce(xr, ts, w, eps)
+    elif feature in ("", "fused"):
+        ref = F.cross_entropy(xr, ts, weight=None if w is None else w.double(), label_smoothing=eps)
     else:
         ref = reference_cross_entropy(xr, ts, weight=None if w is None else w.double(), label_smoothing=eps,
                                       **_bench_impls.FEATURE_REFERENCE_KWARGS.get(feature, {}))
     xx = xs.detach().clone().requires_grad_(mode == "fwdbwd")
     with torch.enable_grad() if mode == "fwdbwd" else torch.no_grad():
         out = fn(xx, ts, w, eps)
-    err = (out.double() - ref).abs().item()
+    err = (out.double() - ref).abs().item() / max(1.0, abs(ref.item()))
     if mode == "fwdbwd":
         (g,) = torch.autograd.grad(out, xx)
         (gr,) = torch.autograd.grad(ref, xr)
@@ -339,9 +412,27 @@ def floors(x: torch.Tensor, device: str, budget: float) -> dict[str, float]:
     buf = torch.empty_like(x)
     out["read"] = time_fn(lambda: x.sum(), device, 3, budget)
     out["bw_gbps"] = x.numel() * x.element_size() / out["read"] / 1e9
+    # the plausibility reference of the floors (both move at least a read and a write of x)
+    out["copy"] = time_fn(lambda: buf.copy_(x), device, 3, budget)
+    out["copy_gbps"] = 2 * x.numel() * x.element_size() / out["copy"] / 1e9
     out["fwd"] = time_fn(lambda: torch.exp(x, out=buf), device, 3, budget)
     del buf
     out["fwdbwd"] = time_fn(lambda: (x.sum(), x.exp()), device, 3, budget)
+    return out
+
+
+def floor_problems(fl: dict[str, float], nbytes: int) -> list[str]:
+    """Floors that cannot be real: the bandwidth implied by their least traffic (fwd: exp(x, out=buf),
+    a read and a write; fwdbwd: x.sum() + x.exp(), two reads and a write) above the copy bandwidth
+    measured on the same tensor (by more than FLOOR_BW_MARGIN). CUDA floors are fractions of that
+    copy, so there is nothing to check."""
+    if "copy_gbps" not in fl:
+        return []
+    out = []
+    for mode, traffic in (("fwd", 2), ("fwdbwd", 3)):
+        implied = traffic * nbytes / fl[mode] / 1e9
+        if implied > FLOOR_BW_MARGIN * fl["copy_gbps"]:
+            out.append(f"implausible {mode} floor ({implied:.1f} GB/s > copy {fl['copy_gbps']:.1f} GB/s)")
     return out
 
 
@@ -395,9 +486,12 @@ def run_case(
             # the in-place mode overwrites its logits with the gradient: it gets its own copy
             xi = x.clone() if "inplace" in name else x
             runner = _make_runner(fn, xi, t, w, eps, mode)
-            row.time_ms = time_fn(runner, device, 3, budget) * 1e3
+            samples = time_samples(runner, device, 3, budget)
+            row.time_ms = statistics.median(samples) * 1e3
+            row.spread_pct = spread_pct(samples)
             del xi
             row.max_err = _error(fn, x, t, w, eps, mode, min(err_rows, wl.shape[0]), feature)
+            row.oracle_ok = bool(row.max_err <= ORACLE_TOL.get(row.dtype, 1e-4))
             row.floor_ms = fl[mode] * 1e3
             row.pct_of_floor = 100.0 * fl[mode] * 1e3 / row.time_ms
             row.gbps = passes * nbytes / (row.time_ms * 1e-3) / 1e9
@@ -415,8 +509,63 @@ def run_case(
             r.speedup_vs_compile = by["torch.compile"].time_ms / r.time_ms
         if feature == "fused" and r.impl.startswith("smoothing_ext[") and by["smoothing_ext"].time_ms:
             r.note = f"{by['smoothing_ext'].time_ms / r.time_ms:.2f}x vs smoothing_ext default mode"
+    for problem in floor_problems(fl, nbytes):
+        for r in rows:
+            if r.time_ms is not None:
+                _add_check(r, problem)
     del x, t, w
     return rows
+
+
+def _add_check(row: Row, problem: str) -> None:
+    row.checks = problem if not row.checks else row.checks + "; " + problem
+
+
+def check_rows(rows: list[Row], calibration: Optional[Calibration], max_spread: float) -> None:
+    """Record on each timed row what makes it untrustworthy (floor problems are added by run_case)."""
+    for r in rows:
+        if r.time_ms is None:
+            continue
+        if calibration is not None:
+            r.cpu_share = calibration.cpu_share
+            if calibration.cpu_share < MIN_CPU_SHARE:
+                _add_check(r, f"machine busy (CPU share {calibration.cpu_share:.2f})")
+        if r.spread_pct is not None and r.spread_pct > max_spread:
+            _add_check(r, f"spread {r.spread_pct:.0f}% > {max_spread:g}%")
+        if r.oracle_ok is False:
+            _add_check(r, f"WRONG RESULT: error {r.max_err:.1e} > {ORACLE_TOL.get(r.dtype, 1e-4):.0e} vs the oracle")
+
+
+def machine_problems(load1: Optional[float], cores: int, threads: int, calibrations: list[Calibration]) -> list[str]:
+    """Run-wide reasons not to trust the numbers (pure function of the measurements, for tests)."""
+    out = []
+    if load1 is not None and load1 >= max(1.0, 0.5 * cores):
+        out.append(f"machine busy: 1-minute load average {load1:.2f} on {cores} CPUs before the run started")
+    if threads > cores:
+        out.append(f"{threads} torch threads on {cores} CPUs: oversubscribed")
+    busy = [c.cpu_share for c in calibrations if c.cpu_share < MIN_CPU_SHARE]
+    if busy:
+        out.append(f"machine busy: the calibration loop got {min(busy):.2f} of the CPU (< {MIN_CPU_SHARE}) "
+                   f"in {len(busy)} of {len(calibrations)} calibrations: other processes are competing")
+    rates = [c.rate for c in calibrations if c.rate > 0]
+    if len(rates) >= 2 and max(rates) / min(rates) > MAX_CALIBRATION_DRIFT:
+        out.append(f"machine changed during the run: the calibration loop's speed varied {max(rates) / min(rates):.2f}x "
+                   f"(> {MAX_CALIBRATION_DRIFT}x)")
+    return out
+
+
+def warning_block(machine: list[str], rows: list[Row]) -> str:
+    """The loud summary of every failed check ("" when all passed)."""
+    flagged = [r for r in rows if r.checks]
+    if not machine and not flagged:
+        return ""
+    lines = [f"!!! WARNING: {len(machine)} machine problem(s) and {len(flagged)} flagged row(s): "
+             "these numbers may not mean what they say."]
+    lines += [f"!!!   {m}" for m in machine]
+    for r in flagged:
+        label = " ".join(v for v in (r.workload, r.dtype, r.mode, r.feature, "weighted" if r.weighted else "") if v)
+        lines.append(f"!!!   {label} {r.impl}: {r.checks}")
+    return "\n".join(lines)
 
 
 def measure_memory(rows: list[Row], device: str, eps: float, compiled_cache: dict) -> None:
@@ -466,8 +615,9 @@ def markdown_summary(rows: list[Row]) -> str:
         cases.setdefault((r.device, r.workload, r.shape, r.dtype, r.mode, r.weighted, r.feature), {})[r.impl] = r
     lines = [
         "| device | workload | shape | dtype | mode | weight | smoothing_ext ms | torch ms | torch.compile ms "
-        "| vs torch | vs compile | floor ms | floor / ours | GB/s (% of bw) | peak extra MB (ours / torch / compile) |",
-        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| vs torch | vs compile | floor ms | floor / ours | GB/s (% of bw) | peak extra MB (ours / torch / compile) "
+        "| spread % (ours / torch / compile) | checks |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for (dev, wl, shape, dt, mode, weighted, feature), by in cases.items():
         e, c = by.get("torch"), by.get("torch.compile")
@@ -475,12 +625,15 @@ def markdown_summary(rows: list[Row]) -> str:
             o = by.get(name)
             label = " ".join(v for v in (mode, feature, name[len("smoothing_ext"):]) if v)
             mem = " / ".join(_fmt(r.peak_extra_mb if r else None, ".0f") for r in (o, e, c))
+            spread = " / ".join(_fmt(r.spread_pct if r else None, ".0f") for r in (o, e, c))
+            checks = "; ".join(dict.fromkeys(p for r in (o, e, c) if r and r.checks for p in r.checks.split("; ")))
             lines.append(
             f"| {dev} | {wl} | {shape} | {dt} | {label} | {'yes' if weighted else 'no'} "
             f"| {_fmt(o and o.time_ms, '.2f')} | {_fmt(e and e.time_ms, '.2f')} | {_fmt(c and c.time_ms, '.2f')} "
             f"| {_fmt(o and o.speedup_vs_torch, '.2f')}x | {_fmt(o and o.speedup_vs_compile, '.2f')}x "
             f"| {_fmt(o and o.floor_ms, '.2f')} | {_fmt(o and o.pct_of_floor, '.0f')}% "
-            f"| {_fmt(o and o.gbps, '.1f')} ({_fmt(o and o.pct_of_bw, '.0f')}%) | {mem} |"
+            f"| {_fmt(o and o.gbps, '.1f')} ({_fmt(o and o.pct_of_bw, '.0f')}%) | {mem} | {spread} "
+            f"| {checks or 'ok'} |"
             )
     return "\n".join(lines)
 
@@ -488,8 +641,8 @@ def markdown_summary(rows: list[Row]) -> str:
 def markdown_detail(rows: list[Row]) -> str:
     lines = [
         "| device | workload | dtype | mode | feature | weight | impl | ms | vs torch | vs compile | GB/s | % of bw "
-        "| % of floor | peak extra MB | max err | note |",
-        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| % of floor | peak extra MB | max err | note | spread % | checks |",
+        "|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         lines.append(
@@ -497,7 +650,8 @@ def markdown_detail(rows: list[Row]) -> str:
             f"| {r.impl} "
             f"| {_fmt(r.time_ms, '.2f')} | {_fmt(r.speedup_vs_torch, '.2f')} | {_fmt(r.speedup_vs_compile, '.2f')} "
             f"| {_fmt(r.gbps, '.1f')} | {_fmt(r.pct_of_bw, '.0f')} | {_fmt(r.pct_of_floor, '.0f')} | {_fmt(r.peak_extra_mb, '.0f')} "
-            f"| {_fmt(r.max_err, '.1e')} | {r.note} |"
+            f"| {_fmt(r.max_err, '.1e')} | {r.note} | {_fmt(r.spread_pct, '.0f')} "
+            f"| {r.checks or ('ok' if r.time_ms is not None else '–')} |"
         )
     return "\n".join(lines)
 
@@ -517,6 +671,7 @@ def machine_info(device: str) -> dict:
         "cpu": cpu,
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "physical_cores": physical_cores(),
         "torch": torch.__version__,
         "smoothing_ext": smoothing_ext.__version__,
         "cpu_kernels": torch.ops.smoothing_ext._cpu_capability(),
@@ -606,7 +761,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--csv", default=None, help="write rows as CSV")
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
     p.add_argument("--plot", default=None, help="write a speed-up bar chart PNG (needs matplotlib)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (torch.set_num_threads); default: the physical cores (%d here)" % physical_cores())
+    p.add_argument("--max-spread", type=float, default=DEFAULT_MAX_SPREAD_PCT,
+                   help="flag rows whose run-to-run spread (IQR / median) exceeds this percentage (default %(default)g)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when any check fails (busy machine, spread, implausible floor, wrong result)")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be >= 1")
+    threads = args.threads or physical_cores()
+    torch.set_num_threads(threads)
+    try:
+        load1: Optional[float] = os.getloadavg()[0]  # before this process adds to it
+    except (OSError, AttributeError):
+        load1 = None
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -662,6 +831,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"# smoothing_ext benchmark — {info['date']}, {info['cpu']} ({info['cores']} cores, "
           f"{info['torch_threads']} torch threads), torch {info['torch']}, CPU kernels: {info['cpu_kernels']}"
           + (f", GPU {info['gpu']} (CUDA {info['cuda']})" if device == "cuda" else ""))
+    calibrations = [calibrate()]
+    early = machine_problems(load1, os.cpu_count() or 1, threads, calibrations)
+    for m in early:  # say it now, so that a run on a busy machine can be stopped
+        print(f"!!! WARNING: {m}", file=sys.stderr, flush=True)
     print(f"label_smoothing = {args.eps}; median of repeats after warm-up; floor = "
           + ("a device copy: fwd = half a copy (one read), fwdbwd = 1.5 copies (R + R + W)"
              if device == "cuda" else "fwd: exp(x, out=buf) (one read + all the exps); fwdbwd: x.sum() + x.exp() (read, then read + exp + write of a fresh tensor)"))
@@ -678,12 +851,17 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not args.impls and wl in ("lm-128k", "lm-128k-gpu"):
             # the seeds' formulations take seconds per call there; they are measured on lm-32k
             case_impls = [i for i in impls if i not in ("seed_onehot", "seed_nll")]
-        rows += run_case(
+        calibrations.append(calibrate())  # the machine as this case meets it
+        case_rows = run_case(
             WORKLOADS[wl], getattr(torch, dt), mode, weighted, case_impls, device, args.eps, budget,
             err_rows=64, compiled_cache=compiled_cache, floor_cache=floor_cache, feature=feature,
         )
+        check_rows(case_rows, calibrations[-1], args.max_spread)
+        rows += case_rows
         bar.update(1)
     bar.close()
+    calibrations.append(calibrate())
+    problems = machine_problems(load1, os.cpu_count() or 1, threads, calibrations)
     if not args.no_memory:
         print("measuring memory ...", file=sys.stderr, flush=True)
         measure_memory(rows, device, args.eps, compiled_cache)
@@ -696,6 +874,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(summary)
     print("\n## All implementations\n")
     print(detail)
+    warning = warning_block(problems, rows)
+    if warning:  # after the tables, where it is read, and (shorter) on stderr, where CI logs show it
+        print("\n" + warning)
+        flagged = sum(1 for r in rows if r.checks)
+        print("\n".join(warning.splitlines()[: 1 + len(problems)])
+              + (f"\n!!!   {flagged} row(s) flagged: see the 'checks' column" if flagged else ""), file=sys.stderr)
+    else:
+        print(f"\nchecks passed: machine idle (CPU share >= {MIN_CPU_SHARE} in {len(calibrations)} calibrations), "
+              f"every spread <= {args.max_spread:g}%, floors plausible, every result within tolerance of the oracle")
     print(f"\n(total {time.perf_counter() - t_start:.0f} s; peak extra memory: "
           + ("CUDA max_memory_allocated above the inputs" if device == "cuda" else
              "process RSS sampled every 0.2 ms above the inputs, minus the returned gradient for fwdbwd, "
@@ -706,7 +893,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             f.write(f"{json.dumps(info)}\n\n{summary}\n\n{detail}\n")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "eps": args.eps, "rows": [dataclasses.asdict(r) for r in rows]}, f, indent=1)
+            json.dump({"machine": info, "eps": args.eps, "rows": [dataclasses.asdict(r) for r in rows],
+                       "checks": {"machine_problems": problems, "load1": load1,
+                                  "calibrations": [dataclasses.asdict(c) for c in calibrations],
+                                  "max_spread_pct": args.max_spread, "passed": not warning}}, f, indent=1)
     if args.csv:
         import csv
 
@@ -717,7 +907,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 wr.writerow(dataclasses.asdict(r))
     if args.plot:
         plot(rows, args.plot)
-    return 0
+    return 1 if (args.strict and warning) else 0
 
 
 if __name__ == "__main__":
