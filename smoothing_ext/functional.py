@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
+from torch.nn import _reduction as _Reduction
+
+from . import _autograd
+from ._degenerate import autocast_enabled as _autocast_enabled
+from ._degenerate import cross_entropy_degenerate
+from ._errors import (
+    SmoothingExtIndexError,
+    SmoothingExtNotImplementedError,
+    SmoothingExtTypeError,
+    SmoothingExtValueError,
+    scalar_type_name,
+)
 
 __all__ = ["cross_entropy"]
 
@@ -15,11 +27,71 @@ _REDUCTIONS = ("none", "mean", "sum")
 _INDEX_DTYPES = (torch.int64, torch.int32, torch.uint8)
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no device argument
-        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+def _device_mismatch_wording(input: Tensor, other: Tensor, name: str) -> str:
+    """PyTorch's wording for an argument on another device than the input (with ``meta``, its
+    device check names one of them as the expected one, depending on the argument)."""
+    if "meta" not in (input.device.type, other.device.type):
+        return f"Expected all tensors to be on the same device, but found at least two devices, {input.device} and {other.device}!"
+    found, expected = (other, input) if name == "weight" else (input, other)
+    return f"Tensor on device {found.device} is not on the expected device {expected.device}!"
+
+
+def _argument_type_error(position: int, name: str, expected: str, value: Any, hint: str = "") -> TypeError:
+    # PyTorch's argument parser wording, which its tests match
+    return TypeError(
+        f"cross_entropy(): argument '{name}' (position {position}) must be {expected}, not "
+        f"{type(value).__name__}; smoothing_ext.cross_entropy: {name} must be {expected}{hint}"
+    )
+
+
+def _target_shape_message(input: Tensor, target: Tensor) -> str:
+    """Our half of a target-shape error: what the target's shape must be, for either kind of target."""
+    if target.is_floating_point():
+        return (
+            "smoothing_ext.cross_entropy: a floating-point target holds class probabilities and must have "
+            f"the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
+        )
+    cdim = 0 if input.dim() == 1 else 1
+    expected = list(input.shape[:cdim]) + list(input.shape[cdim + 1:])
+    return (
+        f"smoothing_ext.cross_entropy: target must have shape {expected} for input of shape {list(input.shape)} "
+        f"(the input without its class dim {cdim}), got target of shape {list(target.shape)}"
+    )
+
+
+def _check_label_smoothing(label_smoothing: float) -> None:
+    # PyTorch accepts (and ignores) a negative value with class-index targets; a negative smoothing
+    # mass has no meaning, so it is rejected here, with PyTorch's wording for the out-of-range case.
+    if not (0.0 <= label_smoothing <= 1.0):
+        raise SmoothingExtValueError(
+            f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing:g}; "
+            f"smoothing_ext.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}"
+        )
+
+
+def _check_input_dtype(input: Tensor) -> None:
+    if not input.is_floating_point():
+        raise SmoothingExtNotImplementedError(
+            f"\"cross_entropy\" not implemented for '{scalar_type_name(input.dtype)}'; smoothing_ext.cross_entropy: "
+            "input must be floating-point logits (float32, float64, bfloat16, float16), got "
+            f"{input.dtype} with shape {tuple(input.shape)}"
+        )
+
+
+def _check_weight(input: Tensor, weight: Optional[Tensor], torch_message: str) -> None:
+    if weight is None:
+        return
+    C = input.shape[0 if input.dim() == 1 else 1]
+    if weight.dim() != 1 or weight.shape[0] != C:
+        raise SmoothingExtValueError(
+            f"{torch_message}; smoothing_ext: weight must have shape (C,) = ({C},) for input of shape "
+            f"{list(input.shape)}, got weight of shape {list(weight.shape)}"
+        )
+    if not weight.is_floating_point():
+        raise SmoothingExtTypeError(
+            f"expected scalar type {scalar_type_name(input.dtype)} but found {scalar_type_name(weight.dtype)}; "
+            f"smoothing_ext: weight must be a floating-point tensor, got {scalar_type_name(weight.dtype)}"
+        )
 
 
 def _check_args(
@@ -28,32 +100,131 @@ def _check_args(
     weight: Optional[Tensor],
     reduction: str,
     label_smoothing: float,
+    ignore_index: int = -100,
 ) -> None:
-    # The C++ ops check everything again; these checks run first so that the message can speak
-    # of the public arguments, and so that device mismatches never reach the dispatcher.
-    if not isinstance(input, Tensor):
-        raise TypeError(f"smoothing_ext.cross_entropy: input must be a Tensor, got {type(input).__name__}")
-    if not isinstance(target, Tensor):
-        raise TypeError(f"smoothing_ext.cross_entropy: target must be a Tensor, got {type(target).__name__}")
+    """Every check PyTorch's ``F.cross_entropy`` makes, in its order, with its exception classes
+    (or classes deriving from both theirs and ours) and its wording followed by ours.
+
+    The C++ ops check everything again; these checks run first so that the message can speak of
+    the public arguments, and so that device mismatches never reach the dispatcher.
+    """
+    for position, name, value, optional in ((1, "input", input, False), (2, "target", target, False),
+                                            (3, "weight", weight, True)):
+        if not isinstance(value, Tensor) and not (optional and value is None):
+            raise _argument_type_error(position, name, "Tensor", value, " or None" if optional else "")
+    if ignore_index is None or isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise _argument_type_error(
+            5, "ignore_index", "int", ignore_index,
+            " (the class index whose targets are skipped; PyTorch's default -100 skips nothing when no "
+            "target equals it)" if ignore_index is None else "",
+        )
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise _argument_type_error(6, "label_smoothing", "float", label_smoothing)
     if reduction not in _REDUCTIONS:
         raise ValueError(
-            f"smoothing_ext.cross_entropy: reduction must be one of {_REDUCTIONS}, got {reduction!r}"
+            f"{reduction} is not a valid value for reduction; smoothing_ext.cross_entropy: reduction must be "
+            f"one of {_REDUCTIONS}, got {reduction!r}"
         )
-    if not (0.0 <= float(label_smoothing) <= 1.0):
-        raise ValueError(f"smoothing_ext.cross_entropy: label_smoothing must be in [0, 1], got {label_smoothing}")
-    if not input.is_floating_point():
-        raise TypeError(
-            "smoothing_ext.cross_entropy: input must be floating-point logits (float32, float64, "
-            f"bfloat16, float16), got {input.dtype} with shape {tuple(input.shape)}"
-        )
-    if input.dim() == 0:
-        raise ValueError("smoothing_ext.cross_entropy: input must have shape (C,), (N, C) or (N, C, d1, ...), got a 0-dim tensor")
     for name, t in (("target", target), ("weight", weight)):
         if t is not None and t.device != input.device:
             raise RuntimeError(
-                f"smoothing_ext.cross_entropy: {name} is on {t.device} but input is on {input.device}; "
-                "move both to the same device"
+                f"{_device_mismatch_wording(input, t, name)} smoothing_ext.cross_entropy: {name} is on {t.device} but "
+                f"input is on {input.device}; move both to the same device"
             )
+    label_smoothing = float(label_smoothing)
+    ignore_index = int(ignore_index)
+
+    if input.shape == target.shape:
+        # PyTorch's rule: a target of the input's shape holds class probabilities.
+        if not target.is_floating_point() and input.dim() == 0:
+            raise SmoothingExtValueError(
+                "Expected floating point type for target with class probabilities, got "
+                f"{scalar_type_name(target.dtype)}; smoothing_ext.cross_entropy: input must have shape (C,), "
+                "(N, C) or (N, C, d1, ...), got a 0-dim tensor"
+            )
+        if not target.is_floating_point():
+            raise SmoothingExtTypeError(
+                "Expected floating point type for target with class probabilities, got "
+                f"{scalar_type_name(target.dtype)}; smoothing_ext.cross_entropy: a target of the input's shape "
+                f"{tuple(input.shape)} holds class probabilities; class indices have the input's shape "
+                "without its class dim"
+            )
+        if ignore_index >= 0:
+            raise SmoothingExtValueError(
+                f"ignore_index is not supported for floating point target; smoothing_ext.cross_entropy: "
+                f"ignore_index={ignore_index} is not supported with probability targets (as in PyTorch); "
+                "leave it negative (the default -100)"
+            )
+        _check_label_smoothing(label_smoothing)
+        _check_input_dtype(input)
+        if input.dim() == 0:
+            raise SmoothingExtIndexError(
+                "Dimension specified as 1 but tensor has no dimensions; smoothing_ext.cross_entropy: input must "
+                "have shape (C,), (N, C) or (N, C, d1, ...), got a 0-dim tensor"
+            )
+        C = input.shape[0 if input.dim() == 1 else 1]
+        _check_weight(
+            input, weight,
+            f"cross_entropy: weight tensor should be defined either for all {C} classes or no classes but got "
+            f"weight tensor of shape: {list(weight.shape) if weight is not None else []}",
+        )
+        return
+
+    # class indices: log_softmax(input) first, then nll_loss_nd's checks
+    _check_label_smoothing(label_smoothing)
+    _check_input_dtype(input)
+    if input.dim() == 0:
+        raise SmoothingExtIndexError(
+            "Dimension out of range (expected to be in range of [-1, 0], but got 1); smoothing_ext.cross_entropy: "
+            "input must have shape (C,), (N, C) or (N, C, d1, ...), got a 0-dim tensor"
+        )
+    if input.dim() != 1 and (target.dim() == 0 or input.shape[0] != target.shape[0]):
+        raise ValueError(
+            f"Expected input batch_size ({input.shape[0]}) to match target batch_size "
+            f"({target.shape[0] if target.dim() else 0}). {_target_shape_message(input, target)}"
+        )
+    expected = list(input.shape[:1]) + list(input.shape[2:]) if input.dim() > 1 else []
+    if input.dim() <= 2:
+        if target.dim() > 1:
+            raise SmoothingExtValueError(
+                "0D or 1D target tensor expected, multi-target not supported; " + _target_shape_message(input, target)
+            )
+        if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
+            raise ValueError(
+                f"For 1D input, 1D target must have size 1, but got target size: {target.shape[0]}; "
+                + _target_shape_message(input, target)
+            )
+        weight_message = "weight tensor should be defined either for all {C} classes or no classes but got weight tensor of shape: {shape}"
+    else:
+        if input.dim() == 4 and target.dim() != 3:
+            torch_message = (
+                f"only batches of spatial targets supported (3D tensors) but got targets of dimension: {target.dim()}"
+            )
+        elif input.dim() == 4:
+            torch_message = f"size mismatch (got input: {list(input.shape)} , target: {list(target.shape)}"
+        else:
+            torch_message = f"Expected target size {expected}, got {list(target.shape)}"
+        if list(target.shape) != expected:
+            raise SmoothingExtValueError(f"{torch_message}; {_target_shape_message(input, target)}")
+        weight_message = "weight tensor should be defined either for all or no classes"
+    if target.is_floating_point():
+        raise SmoothingExtTypeError(
+            f"expected target dtype to be Long or Byte, but got {scalar_type_name(target.dtype)}; "
+            f"smoothing_ext.cross_entropy: got a floating-point target of shape {tuple(target.shape)} for input of "
+            f"shape {tuple(input.shape)}: class probabilities must have the input's shape, and class indices "
+            "must be integers: pass target.long()"
+        )
+    if target.dtype not in _INDEX_DTYPES:
+        raise SmoothingExtTypeError(
+            f"expected target dtype to be Long or Byte, but got {scalar_type_name(target.dtype)}; "
+            "smoothing_ext.cross_entropy: class-index target must be int64, int32 or uint8 (or a floating tensor "
+            f"of the input's shape for probabilities), got {target.dtype}"
+        )
+    C = input.shape[0 if input.dim() == 1 else 1]
+    _check_weight(
+        input, weight,
+        weight_message.format(C=C, shape=list(weight.shape) if weight is not None else []),
+    )
 
 
 _SMOOTHING_MODES = ("uniform", "off_target")
@@ -106,8 +277,16 @@ def _mean_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: in
     valid = target != ignore_index
     if weight is None:
         return valid.sum().to(dtype)
-    safe = torch.where(valid, target, torch.zeros((), dtype=target.dtype, device=target.device))
-    return torch.where(valid, weight.to(dtype)[safe.long()], 0.0).sum()
+    # Gather w[t] only for targets in [0, C): on CUDA an index >= C would fire a device-side assert
+    # (losing the context) and -1 would silently wrap to w[C-1]. An out-of-range target that is not
+    # ignored makes the denominator NaN (its loss row is NaN too on CUDA; the CPU op raised already).
+    C = weight.shape[0]
+    t = target.long()
+    in_range = (t >= 0) & (t < C)
+    safe = torch.where(in_range, t, torch.zeros((), dtype=t.dtype, device=t.device))
+    w_t = weight.to(dtype)[safe]
+    nan = torch.full((), math.nan, dtype=dtype, device=w_t.device)
+    return torch.where(valid, torch.where(in_range, w_t, nan), 0.0).sum()
 
 
 def _reduce(rows: Tensor, reduction: str, denom: Optional[Tensor]) -> Tensor:
@@ -132,7 +311,11 @@ class _FusedCrossEntropy(torch.autograd.Function):
     """Loss and gradient in one pass (grad_in_forward=True). The gradient of the reduced loss for a
     unit upstream gradient is kept (in a separate buffer, or in the logits themselves with
     inplace_backward=True); the backward only multiplies it by the upstream gradient, row by row,
-    skipping rows whose factor is exactly 1 (a plain ``loss.backward()``)."""
+    skipping rows whose factor is exactly 1 (a plain ``loss.backward()``).
+
+    That gradient is a number computed by the kernel, not a function autograd could differentiate:
+    double backward, forward-mode AD and torch.func transforms raise (see
+    ``_check_fused_supported``) instead of returning a silently wrong (zero) derivative."""
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -175,7 +358,6 @@ class _FusedCrossEntropy(torch.autograd.Function):
         return out, z_out
 
     @staticmethod
-    @once_differentiable
     def backward(ctx: Any, grad_out: Tensor, *unused: Any):  # type: ignore[override]
         if ctx.consumed:
             raise RuntimeError(
@@ -184,16 +366,58 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 "(retain_graph=True) is not supported. Use the default mode for that."
             )
         ctx.consumed = True
+        create_graph = torch.is_grad_enabled()
         (grad,) = ctx.saved_tensors
-        torch.ops.smoothing_ext._scale_grad_rows_(grad, grad_out)
+        with torch.no_grad():
+            torch.ops.smoothing_ext._scale_grad_rows_(grad, grad_out)
+        if create_graph:
+            # As @once_differentiable, with a message naming the option: the first-order gradient is
+            # returned, and differentiating it again raises at that moment.
+            err = torch._C._functions.DelayedError(
+                b"smoothing_ext.cross_entropy: grad_in_forward=True (and inplace_backward=True) computes the "
+                b"gradient in the forward and cannot differentiate it again (double backward: "
+                b"create_graph=True, Hessian-vector products, gradient penalties); use the default mode "
+                b"(grad_in_forward=False), which supports it",
+                1,
+            )
+            grad = err(grad.detach().requires_grad_())
         return grad, None, None, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx: Any, *tangents: Any) -> Any:
+        raise RuntimeError(_FUSED_TRANSFORM_MESSAGE)
+
+
+_FUSED_TRANSFORM_MESSAGE = (
+    "smoothing_ext.cross_entropy: grad_in_forward=True (and inplace_backward=True) supports plain "
+    "backward only: not forward-mode AD (dual tensors, torch.func.jvp, jacfwd) nor torch.func transforms "
+    "(grad, vmap, jacrev, hessian); use the default mode (grad_in_forward=False), which supports all of them"
+)
+
+
+def _check_fused_supported(input: Tensor, weight: Optional[Tensor]) -> None:
+    """Raise for what the fused mode cannot differentiate (instead of returning wrong numbers)."""
+    if weight is not None and weight.requires_grad and input.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(
+            "smoothing_ext.cross_entropy: grad_in_forward=True computes the gradient with respect to the "
+            "logits only, and weight requires grad; use the default mode (grad_in_forward=False), which "
+            "differentiates the class weights too, or pass weight.detach()"
+        )
+    if torch.compiler.is_compiling():
+        return  # neither transforms nor dual tensors reach a compiled region
+    from ._autograd import has_tangent, is_transformed
+
+    if is_transformed(input) or is_transformed(weight) or has_tangent(input) or has_tangent(weight):
+        raise RuntimeError(_FUSED_TRANSFORM_MESSAGE)
 
 
 def cross_entropy(
     input: Tensor,
     target: Tensor,
     weight: Optional[Tensor] = None,
+    size_average: Optional[bool] = None,
     ignore_index: int = -100,
+    reduce: Optional[bool] = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     *,
@@ -206,8 +430,9 @@ def cross_entropy(
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     r"""Label-smoothed cross entropy between logits and targets, fused in one kernel.
 
-    Same arguments and results as :func:`torch.nn.functional.cross_entropy` (without the deprecated
-    ``size_average``/``reduce``), with the smoothed target
+    Same arguments (in the same positional order, the deprecated ``size_average``/``reduce``
+    included), exceptions and results as :func:`torch.nn.functional.cross_entropy`, with the
+    smoothed target
 
     .. math:: q_j = (1 - \varepsilon)\,[j = t] + \varepsilon / C
 
@@ -220,7 +445,12 @@ def cross_entropy(
             bfloat16 or float16. Read as they are: no float32 copy is made of reduced-precision logits.
         target: class indices of shape ``()``, ``(N,)`` or ``(N, d1, ..., dk)`` (int64, int32 or uint8),
             or class probabilities of the input's shape (floating point).
-        weight: optional rescaling weight per class, shape ``(C,)``.
+        weight: optional rescaling weight per class, shape ``(C,)``. Differentiable (unlike
+            PyTorch's): with ``weight.requires_grad`` it gets its exact gradient,
+            :math:`\partial \ell_i / \partial w_j = q_{ij} (\mathrm{lse}_i - x_{ij})`, the ``"mean"``
+            denominator's dependence on the weights included (for learned class weights).
+        size_average, reduce: deprecated; when either is given it overrides ``reduction`` exactly as
+            in PyTorch (``torch.nn._reduction.legacy_get_string``, with its warning).
         ignore_index: class-index targets equal to this value contribute no loss and no gradient
             (any integer, including a valid class or a value outside ``[0, C)``). With probability
             targets only a negative value is accepted (and has no effect), as in PyTorch.
@@ -246,12 +476,22 @@ def cross_entropy(
             in total instead of three passes), kept in a buffer of the logits' size until the
             backward, which only scales it by the upstream gradient (row by row; skipped for a plain
             ``loss.backward()``). Class-index targets only. Only takes effect when a gradient is
-            needed. A single backward per forward.
+            needed. A single backward per forward, first order only: double backward, forward-mode
+            AD, torch.func transforms and a ``weight`` that requires grad raise (the default mode
+            supports all of them).
         inplace_backward: with ``grad_in_forward=True``, write that gradient over ``input`` itself:
             no N x C allocation, but **the logits are destroyed** (``input`` holds the gradient
             afterwards, and autograd raises if anything else saved it for its backward). ``input``
             must be contiguous and not a leaf tensor that requires grad (as for any in-place op).
             Without a gradient to compute, nothing is written.
+
+    Autograd: every mode of PyTorch's, exactly (float64 ``gradcheck``/``gradgradcheck``): the plain
+    backward (the compiled kernel, nothing of size N x C saved), double backward
+    (``create_graph=True``: Hessian-vector products, gradient penalties), forward-mode AD (dual
+    tensors, :func:`torch.func.jvp`, ``jacfwd``) and :mod:`torch.func` (``grad``, ``vmap(grad)``
+    per-sample gradients, ``jacrev``, ``hessian``, ``vmap``), with respect to the logits, a
+    probability target and ``weight``. The higher-order modes compute the first-order gradient with
+    torch ops, materialising a few N x C tensors. ``torch.compile`` supports the plain backward.
 
     Returns:
         The loss, in the input's dtype (float32 under :func:`torch.autocast`, as PyTorch), with shape
@@ -259,40 +499,40 @@ def cross_entropy(
         ``(loss, z_loss_term)`` with ``return_z_loss=True``.
 
     Raises:
-        TypeError, ValueError, IndexError, RuntimeError: for arguments PyTorch would reject, with the
-        argument named and the shapes given. A class index outside ``[0, C)`` that is not
+        TypeError, ValueError, IndexError, RuntimeError: for arguments PyTorch would reject: an
+        exception of PyTorch's class (or of one deriving from it and from this package's former
+        class, see ``smoothing_ext._errors``) whose message starts with PyTorch's wording and goes on
+        with the argument named and the shapes given. Beyond PyTorch, int32 class indices and a
+        weight of another floating dtype than the input are accepted, and a negative
+        ``label_smoothing`` is rejected. A class index outside ``[0, C)`` that is not
         ``ignore_index`` raises ``IndexError`` on the CPU; on CUDA (where raising would need a host
         synchronisation) that element's loss and its row of the gradient are NaN instead.
     """
-    _check_args(input, target, weight, reduction, label_smoothing)
+    if size_average is not None or reduce is not None:
+        # The deprecated arguments override reduction, with PyTorch's warning, exactly as in torch.
+        reduction = _Reduction.legacy_get_string(size_average, reduce)
+    _check_args(input, target, weight, reduction, label_smoothing, ignore_index)
     _check_extras(input, target, smoothing_mode, z_loss, softcap, grad_in_forward, inplace_backward)
     label_smoothing = float(label_smoothing)
     ignore_index = int(ignore_index)
     z_loss = float(z_loss)
     softcap = None if softcap is None else float(softcap)
     off_target = smoothing_mode == "off_target"
-    ops = torch.ops.smoothing_ext
+    # _check_args made the two rules agree: floating point <=> the input's shape <=> probabilities
     prob_target = target.is_floating_point()
-
-    if prob_target:
-        if target.shape != input.shape:
-            raise ValueError(
-                "smoothing_ext.cross_entropy: a floating-point target holds class probabilities and must "
-                f"have the input's shape {tuple(input.shape)}, got {tuple(target.shape)}"
-            )
-        if ignore_index >= 0:
-            raise ValueError(
-                f"smoothing_ext.cross_entropy: ignore_index={ignore_index} is not supported with "
-                "probability targets (as in PyTorch); leave it negative (the default -100)"
-            )
-    elif target.dtype not in _INDEX_DTYPES:
-        raise TypeError(
-            "smoothing_ext.cross_entropy: class-index target must be int64, int32 or uint8 (or a "
-            f"floating tensor of the input's shape for probabilities), got {target.dtype}"
+    if not prob_target and input.dim() == 1 and target.dim() == 1:
+        # PyTorch takes a (1,) target for a (C,) input (and returns a 0-dim loss)
+        target = target.reshape(())
+    if input.device.type == "meta" or input.shape[0 if input.dim() == 1 else 1] == 0:
+        # Nothing for the kernels to compute: PyTorch's shapes/dtypes (meta) or values (no class).
+        return cross_entropy_degenerate(
+            input, target, weight, ignore_index, reduction, label_smoothing, return_z_loss
         )
 
     out_dtype = torch.float32 if _autocast_enabled(input.device.type) else input.dtype
 
+    if grad_in_forward:
+        _check_fused_supported(input, weight)
     if grad_in_forward and torch.is_grad_enabled() and input.requires_grad:
         if input.numel() == 0 or target.numel() == 0:
             inplace_backward = False  # nothing to write; keeps empty inputs on the plain path
@@ -305,12 +545,16 @@ def cross_entropy(
 
     # Default (and forward-only) mode: nothing of size N x C is computed in the forward; autograd
     # saves the caller's logits and N lse values only when a gradient is needed.
+    # index_forward / prob_forward: the ops, through an autograd.Function where double backward,
+    # forward-mode AD or torch.func need one (smoothing_ext/_autograd.py). The reduction below is
+    # torch ops on N numbers, differentiable in every mode (with weight.requires_grad the "mean"
+    # denominator's dependence on the weights included).
     if prob_target:
-        loss, lse = ops.cross_entropy_prob_forward(input, target, weight, label_smoothing, off_target, softcap)
+        loss, lse = _autograd.prob_forward(input, target, weight, label_smoothing, off_target, softcap)
         valid = None
         denom = None
     else:
-        loss, lse = ops.cross_entropy_forward(input, target, weight, ignore_index, label_smoothing, off_target, softcap)
+        loss, lse = _autograd.index_forward(input, target, weight, ignore_index, label_smoothing, off_target, softcap)
         valid = target != ignore_index
         denom = _mean_denominator(target, weight, ignore_index, loss.dtype) if reduction == "mean" else None
     z = _z_rows(lse, z_loss, valid) if z_loss != 0.0 else None
