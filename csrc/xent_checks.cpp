@@ -179,7 +179,9 @@ at::Tensor grad_as_acc(const at::Tensor& grad, at::ScalarType acc) {
 void throw_bad_target(int64_t value, int64_t position, const at::Tensor& input,
                       const at::Tensor& target, int64_t ignore_index) {
   const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
-  TORCH_CHECK_INDEX(false, "smoothing_ext: target value ", value, " at flat position ", position,
+  // PyTorch's own wording first (its tests match it), then where and why
+  TORCH_CHECK_INDEX(false, "Target ", value, " is out of bounds. smoothing_ext: target value ", value,
+                    " at flat position ", position,
                     " is out of bounds: class indices must be in [0, ", C, ") or equal to ignore_index=",
                     ignore_index, " (input shape ", input.sizes(), ", target shape ", target.sizes(), ")");
   TORCH_INTERNAL_ASSERT(false);  // unreachable, keeps [[noreturn]] honest

@@ -1,32 +1,68 @@
-"""nn.Module wrappers: drop-ins for ``torch.nn.CrossEntropyLoss``."""
+"""nn.Module wrappers: drop-ins for ``torch.nn.CrossEntropyLoss``.
+
+The classes subclass PyTorch's own, so ``isinstance``, the positional signature (the deprecated
+``size_average``/``reduce`` included), the attributes, the ``weight`` buffer, ``state_dict``,
+pickling and ``repr`` are PyTorch's; only ``forward`` runs this package's kernels. As in PyTorch,
+the loss arguments are validated when the loss is computed, not at construction.
+"""
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import math
+from typing import Any, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-from .functional import cross_entropy
+from .functional import _SMOOTHING_MODES, cross_entropy
 
 __all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy"]
 
+# Keyword-only options beyond PyTorch and their defaults (the defaults give PyTorch's results).
+_EXTRA_DEFAULTS: dict[str, Any] = {
+    "smoothing_mode": "uniform",
+    "z_loss": 0.0,
+    "return_z_loss": False,
+    "softcap": None,
+    "grad_in_forward": False,
+    "inplace_backward": False,
+}
 
-class CrossEntropyLoss(nn.Module):
-    """Drop-in for :class:`torch.nn.CrossEntropyLoss`, computed by smoothing_ext's fused kernels.
 
-    ``weight`` is registered as a buffer (it follows ``.to()``/``.cuda()`` and the state dict), as in
-    PyTorch. The keyword-only arguments (``smoothing_mode``, ``z_loss``, ``return_z_loss``,
-    ``softcap``, ``grad_in_forward``, ``inplace_backward``) go beyond PyTorch; see
-    :func:`smoothing_ext.cross_entropy` for all of them.
+def _check_extra_options(
+    cls_name: str, smoothing_mode: str, z_loss: float, softcap: Optional[float],
+    grad_in_forward: bool, inplace_backward: bool,
+) -> None:
+    # These options are this package's own: a typo in one is reported at construction, where
+    # it was made (PyTorch's own arguments are left to the forward, as PyTorch does).
+    if smoothing_mode not in _SMOOTHING_MODES:
+        raise ValueError(f"{cls_name}: smoothing_mode must be 'uniform' or 'off_target', got {smoothing_mode!r}")
+    if not (0.0 <= float(z_loss) < math.inf):
+        raise ValueError(f"{cls_name}: z_loss must be a finite number >= 0, got {z_loss}")
+    if softcap is not None and not (0.0 < float(softcap) < math.inf):
+        raise ValueError(f"{cls_name}: softcap must be None or a finite number > 0, got {softcap}")
+    if inplace_backward and not grad_in_forward:
+        raise ValueError(f"{cls_name}: inplace_backward=True needs grad_in_forward=True")
+
+
+class CrossEntropyLoss(nn.CrossEntropyLoss):
+    """Drop-in for :class:`torch.nn.CrossEntropyLoss` (a subclass of it), computed by
+    smoothing_ext's fused kernels.
+
+    Same positional arguments as PyTorch's: ``weight, size_average, ignore_index, reduce,
+    reduction, label_smoothing`` (``size_average``/``reduce`` are deprecated and, when given,
+    override ``reduction`` with PyTorch's warning). ``weight`` is a buffer, as in PyTorch. The
+    keyword-only arguments (``smoothing_mode``, ``z_loss``, ``return_z_loss``, ``softcap``,
+    ``grad_in_forward``, ``inplace_backward``) go beyond PyTorch and appear in ``repr`` when not at
+    their defaults; see :func:`smoothing_ext.cross_entropy` for all of them.
     """
-
-    weight: Optional[Tensor]
 
     def __init__(
         self,
         weight: Optional[Tensor] = None,
+        size_average: Optional[bool] = None,
         ignore_index: int = -100,
+        reduce: Optional[bool] = None,
         reduction: str = "mean",
         label_smoothing: float = 0.0,
         *,
@@ -37,19 +73,8 @@ class CrossEntropyLoss(nn.Module):
         grad_in_forward: bool = False,
         inplace_backward: bool = False,
     ) -> None:
-        super().__init__()
-        if smoothing_mode not in ("uniform", "off_target"):
-            raise ValueError(
-                f"CrossEntropyLoss: smoothing_mode must be 'uniform' or 'off_target', got {smoothing_mode!r}"
-            )
-        if reduction not in ("none", "mean", "sum"):
-            raise ValueError(f"CrossEntropyLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        if not 0.0 <= float(label_smoothing) <= 1.0:
-            raise ValueError(f"CrossEntropyLoss: label_smoothing must be in [0, 1], got {label_smoothing}")
-        self.register_buffer("weight", weight)
-        self.ignore_index = int(ignore_index)
-        self.reduction = reduction
-        self.label_smoothing = float(label_smoothing)
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        _check_extra_options(type(self).__name__, smoothing_mode, z_loss, softcap, grad_in_forward, inplace_backward)
         self.smoothing_mode = smoothing_mode
         self.z_loss = float(z_loss)
         self.return_z_loss = bool(return_z_loss)
@@ -58,6 +83,7 @@ class CrossEntropyLoss(nn.Module):
         self.inplace_backward = bool(inplace_backward)
 
     def forward(self, input: Tensor, target: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
+        """The loss of ``input`` (logits) against ``target``, as :class:`torch.nn.CrossEntropyLoss`."""
         return cross_entropy(
             input,
             target,
@@ -73,26 +99,30 @@ class CrossEntropyLoss(nn.Module):
             inplace_backward=self.inplace_backward,
         )
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Modules pickled before an option existed get its default (as torch's own modules do).
+        super().__setstate__(state)
+        for name, default in _EXTRA_DEFAULTS.items():
+            if name not in self.__dict__:
+                self.__dict__[name] = default
+
     def extra_repr(self) -> str:
-        extra = [
-            f"ignore_index={self.ignore_index}",
-            f"reduction={self.reduction!r}",
-            f"label_smoothing={self.label_smoothing}",
-        ]
-        if self.smoothing_mode != "uniform":
-            extra.append(f"smoothing_mode={self.smoothing_mode!r}")
-        if self.z_loss:
-            extra.append(f"z_loss={self.z_loss}")
-        if self.softcap is not None:
-            extra.append(f"softcap={self.softcap}")
-        if self.grad_in_forward:
-            extra.append(f"grad_in_forward=True, inplace_backward={self.inplace_backward}")
-        return ", ".join(extra)
+        # PyTorch's repr of this class is bare (``CrossEntropyLoss()``); only our options at a
+        # non-default value are added, so that a printed model tells them apart.
+        return ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name, default in _EXTRA_DEFAULTS.items()
+            if getattr(self, name) != default
+        )
 
 
 class LabelSmoothingCrossEntropy(CrossEntropyLoss):
-    """:class:`CrossEntropyLoss` with label smoothing on by default (``label_smoothing=0.1``); the
-    keyword-only arguments are :class:`CrossEntropyLoss`'s."""
+    """:class:`CrossEntropyLoss` with label smoothing on by default (``label_smoothing=0.1``).
+
+    ``smoothing=`` is accepted as another name of ``label_smoothing`` (timm's
+    ``LabelSmoothingCrossEntropy(smoothing=0.1)``); the keyword-only arguments are
+    :class:`CrossEntropyLoss`'s.
+    """
 
     def __init__(
         self,
@@ -100,12 +130,21 @@ class LabelSmoothingCrossEntropy(CrossEntropyLoss):
         weight: Optional[Tensor] = None,
         ignore_index: int = -100,
         reduction: str = "mean",
-        **kwargs: object,
+        *,
+        smoothing: Optional[float] = None,
+        **kwargs: Any,
     ) -> None:
+        if smoothing is not None:
+            if label_smoothing not in (0.1, smoothing):
+                raise ValueError(
+                    f"LabelSmoothingCrossEntropy: smoothing={smoothing} and label_smoothing={label_smoothing} "
+                    "are two names of the same argument; pass one of them"
+                )
+            label_smoothing = smoothing
         super().__init__(
             weight=weight,
             ignore_index=ignore_index,
             reduction=reduction,
             label_smoothing=label_smoothing,
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
