@@ -136,7 +136,7 @@ def _index_partials(
     cd = _class_dim(input)
     C = input.shape[cd]
     on, off = smoothing_coefficients(eps, C, off_target)
-    valid = target != ignore_index
+    valid = target.long() != ignore_index  # long: a uint8 target would wrap ignore_index (-100 -> 156)
     validc = valid.unsqueeze(cd)
     x = input.to(acc)
     if not need_lse:

@@ -64,7 +64,7 @@ def cross_entropy_degenerate(
     prob_target = target.is_floating_point()
     if not meta and input.shape[cdim] == 0 and not prob_target:
         # One host synchronisation, only for this degenerate shape.
-        live = target[target != ignore_index]
+        live = target[target.long() != ignore_index]
         if live.numel() > 0:
             raise IndexError(
                 f"Target {int(live.reshape(-1)[0])} is out of bounds. smoothing_ext.cross_entropy: input of "

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 
 from . import _autograd
+from . import parallel as _parallel
 from ._degenerate import autocast_enabled as _autocast_enabled
 from ._degenerate import cross_entropy_degenerate
 from ._errors import (
@@ -274,7 +275,7 @@ def _check_extras(
 
 def _mean_denominator(target: Tensor, weight: Optional[Tensor], ignore_index: int, dtype: torch.dtype) -> Tensor:
     """Sum of the weights of the non-ignored class-index targets (their count without weight)."""
-    valid = target != ignore_index
+    valid = target.long() != ignore_index  # long: a uint8 target would wrap ignore_index (-100 -> 156)
     if weight is None:
         return valid.sum().to(dtype)
     # Gather w[t] only for targets in [0, C): on CUDA an index >= C would fire a device-side assert
@@ -347,7 +348,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
             torch.autograd.graph.increment_version(input)
         else:
             loss, lse, grad = ops.cross_entropy_fused(input, *args)
-        valid = target != ignore_index
+        valid = target.long() != ignore_index  # long: a uint8 target would wrap ignore_index (-100 -> 156)
         z = _z_rows(lse, z_loss, valid) if z_loss != 0.0 else None
         rows = loss if z is None else loss + z
         out = _reduce(rows, reduction, denom)
@@ -427,6 +428,9 @@ def cross_entropy(
     softcap: Optional[float] = None,
     grad_in_forward: bool = False,
     inplace_backward: bool = False,
+    process_group: Optional[Any] = None,
+    class_start: Optional[int] = None,
+    num_classes: Optional[int] = None,
 ) -> Union[Tensor, tuple[Tensor, Tensor]]:
     r"""Label-smoothed cross entropy between logits and targets, fused in one kernel.
 
@@ -484,6 +488,12 @@ def cross_entropy(
             afterwards, and autograd raises if anything else saved it for its backward). ``input``
             must be contiguous and not a leaf tensor that requires grad (as for any in-place op).
             Without a gradient to compute, nothing is written.
+        process_group, class_start, num_classes: vocabulary-parallel logits (tensor parallelism):
+            ``input`` is this rank's ``(N, V_r)`` slice of the classes ``[class_start, class_start +
+            V_r)`` of ``num_classes`` (default: the sum of the ranks' widths) over ``process_group``;
+            the result is the unsharded loss, computed with one collective of per-row scalars and a
+            communication-free backward (:mod:`smoothing_ext.parallel`). A DTensor ``input`` sharded on
+            the class dim needs none of them.
 
     Autograd: every mode of PyTorch's, exactly (float64 ``gradcheck``/``gradgradcheck``): the plain
     backward (the compiled kernel, nothing of size N x C saved), double backward
@@ -508,6 +518,15 @@ def cross_entropy(
         ``ignore_index`` raises ``IndexError`` on the CPU; on CUDA (where raising would need a host
         synchronisation) that element's loss and its row of the gradient are NaN instead.
     """
+    parallel = _parallel.maybe_parallel(
+        input, target, weight=weight, size_average=size_average, ignore_index=ignore_index, reduce=reduce,
+        reduction=reduction, label_smoothing=label_smoothing, smoothing_mode=smoothing_mode, z_loss=z_loss,
+        return_z_loss=return_z_loss, softcap=softcap, grad_in_forward=grad_in_forward,
+        inplace_backward=inplace_backward, process_group=process_group, class_start=class_start,
+        num_classes=num_classes,
+    )
+    if parallel is not None:
+        return parallel
     if size_average is not None or reduce is not None:
         # The deprecated arguments override reduction, with PyTorch's warning, exactly as in torch.
         reduction = _Reduction.legacy_get_string(size_average, reduce)
@@ -555,7 +574,7 @@ def cross_entropy(
         denom = None
     else:
         loss, lse = _autograd.index_forward(input, target, weight, ignore_index, label_smoothing, off_target, softcap)
-        valid = target != ignore_index
+        valid = target.long() != ignore_index  # long: a uint8 target would wrap ignore_index (-100 -> 156)
         denom = _mean_denominator(target, weight, ignore_index, loss.dtype) if reduction == "mean" else None
     z = _z_rows(lse, z_loss, valid) if z_loss != 0.0 else None
     rows = loss if z is None else loss + z

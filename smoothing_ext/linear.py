@@ -155,7 +155,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         rest = () if D == 1 else (D,)
         loss = torch.empty((N,) + rest, dtype=acc, device=x.device)
         lse = torch.empty((N,) + rest, dtype=acc, device=x.device)
-        valid = None if prob else target != ignore_index
+        valid = None if prob else target.long() != ignore_index
         denom = None
         if reduction == "mean" and not prob:
             denom = _mean_denominator(target, weight, ignore_index, acc)

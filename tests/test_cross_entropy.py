@@ -309,3 +309,19 @@ def test_modules(device):
 def test_reported_cpu_capability():
     cap = torch.ops.smoothing_ext._cpu_capability()
     assert cap in ("default", "avx2", "avx512")
+
+
+@pytest.mark.parametrize("kw", [{}, dict(z_loss=1e-2), dict(grad_in_forward=True)])
+def test_uint8_target_never_aliases_ignore_index(kw):
+    """-100 as uint8 is 156: a class-156 target of a uint8 tensor is a real class, not ignored
+    (mean denominator, z-loss mask and the fused path compare in int64)."""
+    x = torch.randn(2, 200, dtype=torch.float64, requires_grad=True)
+    t8 = torch.tensor([156, 3], dtype=torch.uint8)
+    ours = smoothing_ext.cross_entropy(x, t8, label_smoothing=0.1, **kw)
+    ref = F.cross_entropy(x, t8.long(), label_smoothing=0.1)
+    if "z_loss" in kw:
+        ref = ref + kw["z_loss"] * torch.logsumexp(x, 1).pow(2).mean()
+    torch.testing.assert_close(ours, ref)
+    (g,) = torch.autograd.grad(ours, x)
+    (gr,) = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(g, gr)
