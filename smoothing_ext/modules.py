@@ -26,6 +26,9 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "softcap": None,
     "grad_in_forward": False,
     "inplace_backward": False,
+    "process_group": None,
+    "class_start": None,
+    "num_classes": None,
 }
 
 
@@ -53,7 +56,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     reduction, label_smoothing`` (``size_average``/``reduce`` are deprecated and, when given,
     override ``reduction`` with PyTorch's warning). ``weight`` is a buffer, as in PyTorch. The
     keyword-only arguments (``smoothing_mode``, ``z_loss``, ``return_z_loss``, ``softcap``,
-    ``grad_in_forward``, ``inplace_backward``) go beyond PyTorch and appear in ``repr`` when not at
+    ``grad_in_forward``, ``inplace_backward``, and ``process_group``/``class_start``/``num_classes``
+    for vocabulary-parallel logits) go beyond PyTorch and appear in ``repr`` when not at
     their defaults; see :func:`smoothing_ext.cross_entropy` for all of them.
     """
 
@@ -72,6 +76,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         softcap: Optional[float] = None,
         grad_in_forward: bool = False,
         inplace_backward: bool = False,
+        process_group: Optional[Any] = None,
+        class_start: Optional[int] = None,
+        num_classes: Optional[int] = None,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         _check_extra_options(type(self).__name__, smoothing_mode, z_loss, softcap, grad_in_forward, inplace_backward)
@@ -81,6 +88,10 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         self.softcap = None if softcap is None else float(softcap)
         self.grad_in_forward = bool(grad_in_forward)
         self.inplace_backward = bool(inplace_backward)
+        # vocabulary-parallel logits (see smoothing_ext.cross_entropy); a DTensor input needs none
+        self.process_group = process_group
+        self.class_start = class_start
+        self.num_classes = num_classes
 
     def forward(self, input: Tensor, target: Tensor) -> Union[Tensor, tuple[Tensor, Tensor]]:
         """The loss of ``input`` (logits) against ``target``, as :class:`torch.nn.CrossEntropyLoss`."""
@@ -97,6 +108,9 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
             softcap=self.softcap,
             grad_in_forward=self.grad_in_forward,
             inplace_backward=self.inplace_backward,
+            process_group=self.process_group,
+            class_start=self.class_start,
+            num_classes=self.num_classes,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
