@@ -473,6 +473,14 @@ def _maybe_parallel(rank: int, world: int, group: Any) -> None:
     xd = distribute_tensor(x, init_device_mesh("cpu", (world,)), [Shard(1)])
     _close(parallel.maybe_parallel(xd, t, label_smoothing=0.1), smoothing_ext.cross_entropy(x, t, label_smoothing=0.1),
            torch.float64, "maybe_parallel (DTensor)")
+    # the public entry points dispatch there themselves: the one-line switch
+    ref = smoothing_ext.cross_entropy(x, t, label_smoothing=0.1)
+    _close(smoothing_ext.cross_entropy(xd, t, label_smoothing=0.1), ref, torch.float64, "cross_entropy(DTensor)")
+    _close(smoothing_ext.CrossEntropyLoss(label_smoothing=0.1)(xd, t), ref, torch.float64, "module(DTensor)")
+    _close(smoothing_ext.cross_entropy(x[:, s:s + 3], t, label_smoothing=0.1, process_group=group, class_start=s),
+           ref, torch.float64, "cross_entropy(process_group=)")
+    crit = smoothing_ext.CrossEntropyLoss(label_smoothing=0.1, process_group=group, class_start=s)
+    _close(crit(x[:, s:s + 3], t), ref, torch.float64, "module(process_group=)")
 
 
 def _errors(rank: int, world: int, group: Any) -> None:
