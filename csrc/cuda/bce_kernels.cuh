@@ -1,6 +1,6 @@
 // CUDA kernels of label-smoothed binary cross entropy with logits (forward: element-wise loss;
 // backward: gradient w.r.t. the logits). Torch-free, like cross_entropy_kernels.cuh: the same header
-// compiles under nvcc (csrc/cuda/bce_cuda.cu) and under g++ with ../shared/simt
+// compiles under nvcc (csrc/cuda/bce_kernels.cu) and under g++ with ../shared/simt
 // (tests/simt/bce_harness.cpp), which runs these exact kernels on the CPU. The per-element math is
 // bce_math.h's loss_elem / grad_elem, shared with the CPU kernels.
 //

@@ -1,6 +1,6 @@
 // CUDA kernels of label-smoothed cross entropy (forward and backward, class-index and probability
 // targets). Torch-free: raw pointers and sizes only, so that the same header compiles under nvcc
-// (csrc/cuda/cross_entropy_cuda.cu) and under g++ with ../shared/simt (tests/simt/), which runs these
+// (csrc/cuda/cross_entropy_{f32,f64,f16,bf16}.cu) and under g++ with ../shared/simt (tests/simt/), which runs these
 // exact kernels on the CPU. The per-row formulas come from <smoothing_ext/xent_math.h>, shared with
 // the CPU kernels; the formulas themselves are stated once, in csrc/smoothing_ext.cpp.
 //

@@ -1,4 +1,4 @@
-// Host-side helpers shared by the CUDA glue files (cross_entropy_cuda.cu, bce_cuda.cu).
+// Host-side helpers shared by the CUDA glue files (cross_entropy_cuda.cpp, bce_cuda.cpp).
 #pragma once
 
 #include <c10/cuda/CUDAException.h>

@@ -2,6 +2,8 @@
 // argument checks and operand descriptions are the CPU path's (bce::prepare in csrc/cpu/bce_cpu.cpp, so the exceptions
 // are identical), then device guard, the current stream, dtype dispatch and the launch of the
 // kernel in bce_kernels.cuh. No host synchronisation: the ops can be captured in CUDA graphs.
+// Compiled by the host compiler only: the kernels are instantiated in bce_kernels.cu, reached
+// through bce_launch.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -16,7 +18,7 @@
 #include <atomic>
 #include <type_traits>
 
-#include "bce_kernels.cuh"
+#include "bce_launch.h"
 #include "cuda_host_utils.h"
 #include "cpu/bce_kernel.h"
 
@@ -27,19 +29,16 @@ namespace {
 using cuda_host::KernelType;
 using cuda_host::num_sms;
 
-template <typename kt, typename acc_t>
-Params<kt, acc_t> params_of(const Prepared& pr, double eps) {
-  Params<kt, acc_t> p{};
-  p.x = reinterpret_cast<const kt*>(pr.x.const_data_ptr());
-  p.numel = pr.numel;
-  p.target = pr.target;
-  p.weight = pr.weight;
-  p.pos_weight = pr.pos_weight;
-  p.grad = pr.grad;
-  const auto c = coefs<acc_t>(eps);
-  p.on = c.on;
-  p.off = c.off;
-  return p;
+BceRequest request_of(const Prepared& pr, double eps) {
+  BceRequest r;
+  r.x = pr.x.const_data_ptr();
+  r.numel = pr.numel;
+  r.target = pr.target;
+  r.weight = pr.weight;
+  r.pos_weight = pr.pos_weight;
+  r.grad = pr.grad;
+  r.label_smoothing = eps;
+  return r;
 }
 
 at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& target, const std::optional<at::Tensor>& weight,
@@ -55,9 +54,9 @@ at::Tensor forward_cuda(const at::Tensor& input, const at::Tensor& target, const
                                   "smoothing_ext::binary_cross_entropy_with_logits_forward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = params_of<kt, acc_t>(pr, label_smoothing);
+    BceRequest p = request_of(pr, label_smoothing);
     p.loss = loss.mutable_data_ptr<acc_t>();
-    launch_forward<kt, acc_t>(p, sms, stream);
+    bce_launch<kt>(BceOp::kForward, p, sms, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return loss;
@@ -78,11 +77,11 @@ at::Tensor sum_cuda(const at::Tensor& input, const at::Tensor& target, const std
                                   "smoothing_ext::binary_cross_entropy_with_logits_sum (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    at::Tensor partials = at::empty({sum_blocks<kt>(pr.numel, sms)}, input.options().dtype(acc));
-    auto p = params_of<kt, acc_t>(pr, label_smoothing);
+    at::Tensor partials = at::empty({bce_sum_blocks<kt>(pr.numel, sms)}, input.options().dtype(acc));
+    BceRequest p = request_of(pr, label_smoothing);
     p.loss = out.mutable_data_ptr<acc_t>();
     p.partials = partials.mutable_data_ptr<acc_t>();
-    launch_sum<kt, acc_t>(p, sms, stream);
+    bce_launch<kt>(BceOp::kSum, p, sms, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -100,10 +99,9 @@ at::Tensor backward_cuda(const at::Tensor& grad_loss, const at::Tensor& input, c
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(),
                                   "smoothing_ext::_binary_cross_entropy_with_logits_backward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
-    using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = params_of<kt, acc_t>(pr, label_smoothing);
-    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
-    launch_backward<kt, acc_t>(p, sms, stream);
+    BceRequest p = request_of(pr, label_smoothing);
+    p.grad_input = grad.mutable_data_ptr();
+    bce_launch<kt>(BceOp::kBackward, p, sms, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;

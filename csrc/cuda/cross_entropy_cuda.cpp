@@ -1,6 +1,7 @@
 // CUDA host functions of the smoothing_ext ops: argument checks (shared with the CPU path through
 // xent_checks.h, so the exceptions are identical), device guard, the current stream, dtype dispatch and the launches of the kernels in
-// cross_entropy_kernels.cuh.
+// cross_entropy_kernels.cuh. Compiled by the host compiler only: the kernels are instantiated in the
+// cross_entropy_<dtype>.cu files and reached through xent_launch.h (see there why).
 //
 // Out-of-range class indices (a target neither in [0, C) nor equal to ignore_index)
 // ---------------------------------------------------------------------------------
@@ -33,9 +34,9 @@
 
 #include <smoothing_ext/xent_math.h>
 
-#include "cross_entropy_kernels.cuh"
 #include "cuda_host_utils.h"
 #include "xent_checks.h"
+#include "xent_launch.h"
 
 namespace smoothing_ext::cuda {
 
@@ -61,21 +62,18 @@ Common common(const at::Tensor& input, const std::optional<at::Tensor>& weight, 
   return c;
 }
 
-template <typename scalar_t, typename acc_t>
-XentParams<scalar_t, acc_t> make_params(const Common& c, const XentShape& sh, double eps, bool off_target,
-                                        double cap) {
-  XentParams<scalar_t, acc_t> p{};
-  p.x = reinterpret_cast<const scalar_t*>(c.x.const_data_ptr());
-  p.weight = c.w.defined() ? c.w.const_data_ptr<acc_t>() : nullptr;
-  p.weight_sum = c.w.defined() ? c.wsum.const_data_ptr<double>() : nullptr;
-  p.N = sh.N;
-  p.C = sh.C;
-  p.S = sh.S;
-  const auto coefs = smooth_coefs<acc_t>(eps, sh.C, off_target);
-  p.on = coefs.on;
-  p.off = coefs.off;
-  p.cap = static_cast<acc_t>(cap);  // 0: the uncapped kernels
-  return p;
+XentRequest make_request(const Common& c, const XentShape& sh, double eps, bool off_target, double cap) {
+  XentRequest r;
+  r.x = c.x.const_data_ptr();
+  r.weight = c.w.defined() ? c.w.const_data_ptr() : nullptr;  // acc dtype (weight_as_acc)
+  r.weight_sum = c.w.defined() ? c.wsum.const_data_ptr<double>() : nullptr;
+  r.N = sh.N;
+  r.C = sh.C;
+  r.S = sh.S;
+  r.label_smoothing = eps;  // the constants are formed in acc_t by the launch code (xent_launch_impl.cuh)
+  r.off_target = off_target;
+  r.cap = cap;  // 0: the uncapped kernels
+  return r;
 }
 
 #define SMOOTHING_DISPATCH(dtype, name, ...) \
@@ -101,14 +99,14 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_forward_cuda(const at::Tensor& 
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_forward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
+    XentRequest p = make_request(c, sh, label_smoothing, off_target, cap);
     p.target = t.const_data_ptr<int64_t>();
     p.ignore_index = ignore_index;
     p.loss = loss.mutable_data_ptr<acc_t>();
     p.lse = lse.mutable_data_ptr<acc_t>();
-    const size_t ws_bytes = forward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    const size_t ws_bytes = xent_workspace_bytes<kt>(XentOp::kIndexForward, sh.N, sh.C, sh.S, sms);
     at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
-    launch_index_forward<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    xent_launch<kt>(XentOp::kIndexForward, p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, lse};
@@ -137,14 +135,14 @@ at::Tensor cross_entropy_backward_cuda(const at::Tensor& grad_loss, const std::o
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_backward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
+    XentRequest p = make_request(c, sh, label_smoothing, off_target, cap);
     p.target = t.const_data_ptr<int64_t>();
     p.ignore_index = ignore_index;
     p.grad_loss = g.const_data_ptr<acc_t>();
     p.grad_lse = has_gl ? gl.const_data_ptr<acc_t>() : nullptr;
     p.lse_in = l.const_data_ptr<acc_t>();
-    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
-    launch_index_backward<kt, acc_t>(p, sms, stream);
+    p.grad_input = grad.mutable_data_ptr();
+    xent_launch<kt>(XentOp::kIndexBackward, p, sms, nullptr, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
@@ -168,13 +166,13 @@ std::tuple<at::Tensor, at::Tensor> cross_entropy_prob_forward_cuda(const at::Ten
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_prob_forward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
-    p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
+    XentRequest p = make_request(c, sh, label_smoothing, off_target, cap);
+    p.y = y.const_data_ptr();
     p.loss = loss.mutable_data_ptr<acc_t>();
     p.lse = lse.mutable_data_ptr<acc_t>();
-    const size_t ws_bytes = forward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    const size_t ws_bytes = xent_workspace_bytes<kt>(XentOp::kProbForward, sh.N, sh.C, sh.S, sms);
     at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
-    launch_prob_forward<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    xent_launch<kt>(XentOp::kProbForward, p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, lse};
@@ -203,15 +201,15 @@ at::Tensor cross_entropy_prob_backward_cuda(const at::Tensor& grad_loss, const s
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::_cross_entropy_prob_backward (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
-    p.y = reinterpret_cast<const kt*>(y.const_data_ptr());
+    XentRequest p = make_request(c, sh, label_smoothing, off_target, cap);
+    p.y = y.const_data_ptr();
     p.grad_loss = g.const_data_ptr<acc_t>();
     p.grad_lse = has_gl ? gl.const_data_ptr<acc_t>() : nullptr;
     p.lse_in = l.const_data_ptr<acc_t>();
-    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
-    const size_t ws_bytes = prob_backward_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    p.grad_input = grad.mutable_data_ptr();
+    const size_t ws_bytes = xent_workspace_bytes<kt>(XentOp::kProbBackward, sh.N, sh.C, sh.S, sms);
     at::Tensor ws = workspace(ws_bytes, input);
-    launch_prob_backward<kt, acc_t>(p, sms, ws.mutable_data_ptr(), stream);
+    xent_launch<kt>(XentOp::kProbBackward, p, sms, ws.mutable_data_ptr(), stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return grad;
@@ -240,17 +238,17 @@ std::tuple<at::Tensor, at::Tensor> fused_into(const at::Tensor& input, const at:
   SMOOTHING_DISPATCH(input.scalar_type(), "smoothing_ext::cross_entropy_fused (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    auto p = make_params<kt, acc_t>(c, sh, label_smoothing, off_target, cap);
+    XentRequest p = make_request(c, sh, label_smoothing, off_target, cap);
     p.target = t.const_data_ptr<int64_t>();
     p.ignore_index = ignore_index;
     p.loss = loss.mutable_data_ptr<acc_t>();
     p.lse = lse.mutable_data_ptr<acc_t>();
-    p.grad_input = reinterpret_cast<kt*>(grad.mutable_data_ptr());
-    p.z_loss = static_cast<acc_t>(z_loss);
+    p.grad_input = grad.mutable_data_ptr();
+    p.z_loss = z_loss;  // converted to acc_t by the launch code, as before
     p.grad_scale = has_gs ? gs.const_data_ptr<acc_t>() : nullptr;
-    const size_t ws_bytes = fused_workspace_bytes<kt, acc_t>(sh.N, sh.C, sh.S, sms);
+    const size_t ws_bytes = xent_workspace_bytes<kt>(XentOp::kFused, sh.N, sh.C, sh.S, sms);
     at::Tensor ws = ws_bytes ? workspace(ws_bytes, input) : at::Tensor();
-    launch_index_fused<kt, acc_t>(p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
+    xent_launch<kt>(XentOp::kFused, p, sms, ws_bytes ? ws.mutable_data_ptr() : nullptr, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {loss, lse};
@@ -295,14 +293,14 @@ void scale_grad_rows_cuda(at::Tensor& grad, const at::Tensor& scale) {
   SMOOTHING_DISPATCH(grad.scalar_type(), "smoothing_ext::_scale_grad_rows_ (CUDA)", [&] {
     using kt = typename KernelType<scalar_t>::type;
     using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-    ScaleParams<kt, acc_t> q{};
-    q.g = reinterpret_cast<kt*>(grad.mutable_data_ptr());
+    XentRequest q;
+    q.g = grad.mutable_data_ptr();
     q.scale = f.const_data_ptr<acc_t>();
     q.scale_numel = f.numel();
     q.N = N;
     q.C = C;
     q.S = S;
-    launch_scale_rows<kt, acc_t>(q, sms, stream);
+    xent_launch<kt>(XentOp::kScaleRows, q, sms, nullptr, stream);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }
