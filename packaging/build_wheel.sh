@@ -27,11 +27,13 @@
 #
 # Architecture lists (TORCH_CUDA_ARCH_LIST) per platform; "+PTX" also embeds PTX of the last one so
 # that newer GPUs JIT-compile it:
-#   cu126  8.0;8.6;8.9;9.0+PTX               nvcc 12.6 stops at sm_90/90a (no sm_100/sm_120): Blackwell
-#                                            runs the compute_90 PTX through the driver's JIT
-#   cu128  8.0;8.6;8.9;9.0;10.0;12.0+PTX     nvcc 12.8 adds sm_100/101/120
-#   cu130  8.0;8.6;8.9;9.0;10.0;12.0+PTX     nvcc 13.0 supports sm_75..sm_121 (drops sm_50..sm_72)
-# (7.x GPUs are not in the release lists: build from source with TORCH_CUDA_ARCH_LIST=7.5 if needed.)
+#   cu126  7.5;8.0;8.6;8.9;9.0+PTX               nvcc 12.6 stops at sm_90/90a (no sm_100/sm_120): Blackwell
+#                                                runs the compute_90 PTX through the driver's JIT
+#   cu128  7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX     nvcc 12.8 adds sm_100/101/120
+#   cu130  7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX     nvcc 13.0 supports sm_75..sm_121 (drops sm_50..sm_72)
+# sm_75 (T4, RTX 20xx) is the oldest architecture CUDA 13 still compiles for; sm_70 and older need a
+# source build with CUDA 12 (TORCH_CUDA_ARCH_LIST=7.0). Each architecture adds only the kernel files'
+# device compilation (csrc/cuda/*.cu hold no ATen code), a few seconds per file and arch.
 set -euo pipefail
 
 usage() { sed -n '2,12p' "$0" >&2; exit 2; }
@@ -41,10 +43,10 @@ TORCH_VERSION=$2
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 case "$PLATFORM" in
-  cpu)   DEFAULT_ARCHS="";                              CUDA_MM="" ;;
-  cu126) DEFAULT_ARCHS="8.0;8.6;8.9;9.0+PTX";           CUDA_MM="12.6" ;;
-  cu128) DEFAULT_ARCHS="8.0;8.6;8.9;9.0;10.0;12.0+PTX"; CUDA_MM="12.8" ;;
-  cu130) DEFAULT_ARCHS="8.0;8.6;8.9;9.0;10.0;12.0+PTX"; CUDA_MM="13.0" ;;
+  cpu)   DEFAULT_ARCHS="";                                  CUDA_MM="" ;;
+  cu126) DEFAULT_ARCHS="7.5;8.0;8.6;8.9;9.0+PTX";           CUDA_MM="12.6" ;;
+  cu128) DEFAULT_ARCHS="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"; CUDA_MM="12.8" ;;
+  cu130) DEFAULT_ARCHS="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"; CUDA_MM="13.0" ;;
   *) echo "build_wheel.sh: unknown platform '$PLATFORM' (cpu, cu126, cu128, cu130)" >&2; exit 2 ;;
 esac
 if ! [[ "$TORCH_VERSION" =~ ^[0-9]+\.[0-9]+(\.[0-9]+)?$ ]]; then
