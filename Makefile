@@ -8,7 +8,8 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.14.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.deps-$(TORCH_VERSION)
+# the suffix changes when the list of test dependencies does, so that existing venvs get them
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-2
 # CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
 # build itself is still checked by tests/test_cuda_build.py (sm_80 + sm_90, no GPU needed).
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
@@ -25,7 +26,7 @@ all: build
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump
+	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump
 	touch $@
 
 venv: $(STAMP)
@@ -46,8 +47,10 @@ bench: build
 bench-quick: build
 	$(PY) -m smoothing_ext.bench --quick $(BENCH_ARGS)
 
+# One command for a machine with an NVIDIA GPU (and nothing installed): venv, build for its arch,
+# CUDA tests, checks, compute-sanitizer, timings in <= 8 min; results in GPU_VERIFY_OUT (build/gpu_verify).
 gpu-check:
-	bash scripts/gpu_check.sh
+	bash scripts/gpu_verify.sh $${GPU_VERIFY_OUT:-build/gpu_verify}
 
 clean:
 	rm -rf build dist *.egg-info smoothing_ext/*.so smoothing_ext/_build_info.py
