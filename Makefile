@@ -11,7 +11,7 @@ PIP := $(PY) -m pip
 # the suffix changes when the list of test dependencies does, so that existing venvs get them
 STAMP := $(VENV)/.deps-$(TORCH_VERSION)-2
 # CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
-# build itself is still checked by tests/test_cuda_build.py (sm_80 + sm_90, no GPU needed).
+# build itself is still checked by tests/test_cuda_build.py (sm_75, sm_80 and sm_90, no GPU needed).
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 ifeq ($(HAVE_GPU),1)
 BUILD_ENV := CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda}

@@ -1,5 +1,5 @@
 // Binary cross entropy with logits (label-smoothed), CPU host functions, and the argument checks
-// and operand descriptions that the CUDA host functions (bce_cuda.cu) share.
+// and operand descriptions that the CUDA host functions (bce_cuda.cpp) share.
 //
 // Broadcast operands (weight, pos_weight, and the upstream gradient, which autograd hands over as
 // a 0-stride expand for "mean"/"sum") are never expanded into N x C copies in the common cases:

@@ -1,5 +1,5 @@
 // Binary cross entropy with logits (label-smoothed): the interface between the host functions
-// (bce_cpu.cpp, and bce_cuda.cu for the shared argument preparation) and the vectorized CPU
+// (bce_cpu.cpp, and bce_cuda.cpp for the shared argument preparation) and the vectorized CPU
 // kernels, which are compiled once per instruction set (kernels_{default,avx2,avx512}.cpp
 // include bce_kernel_impl.h with a different CPU_CAPABILITY), like the cross-entropy kernels.
 //
