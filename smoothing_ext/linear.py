@@ -10,7 +10,8 @@ float32 (float64 for float64). At most one chunk of logits exists at any time.
 Two backward strategies, chosen automatically:
 - gradient-in-forward (``"mean"``/``"sum"`` of class-index targets): dX, dW, db are computed in the
   forward for a unit upstream gradient and kept (N x H + V x H, not N x V); the backward scales them
-  by the upstream scalar. 3 GEMMs per chunk in all. Not consumed, so ``retain_graph=True`` works.
+  in place by the upstream scalar and hands them over. 3 GEMMs per chunk in all. A second backward
+  (``retain_graph=True``) recomputes, as below.
 - recompute-in-backward (``reduction="none"`` with an arbitrary upstream gradient per row, and
   probability targets): the forward keeps only the inputs and N lse values; the backward recomputes
   each chunk's logits (4 GEMMs per chunk in all).
@@ -128,6 +129,26 @@ def _accumulate_grads(dz: Tensor, xc: Tensor, c: int, W: Tensor, dX: Optional[Te
         db += dz.sum(0, dtype=db.dtype)
 
 
+def _grads_in_forward(ch: _Chunker, x: Tensor, W: Tensor, target: Tensor, weight: Optional[Tensor],
+                      ignore_index: int, eps: float, off_target: bool, softcap: Optional[float], z_loss: float,
+                      scale: Optional[Tensor], need: tuple, loss: Optional[Tensor], lse: Optional[Tensor]):
+    """dX, dW, db of the reduced loss for a unit upstream gradient (class indices), chunk by chunk;
+    the loss rows and lse are stored when given."""
+    acc = _acc_dtype(x.dtype)
+    dX = torch.empty_like(x) if need[0] else None
+    dW = torch.zeros(W.shape, dtype=_acc_dtype(W.dtype), device=W.device) if need[1] else None
+    db = torch.zeros(W.shape[0], dtype=acc, device=x.device) if need[2] else None
+    for r0, r1 in ch.ranges():
+        z, xc = ch.logits(r0, r1)
+        l, s = torch.ops.smoothing_ext.cross_entropy_fused_(z, target[r0:r1], weight, ignore_index, eps, off_target,
+                                                            softcap, z_loss, scale)
+        if loss is not None:
+            loss[r0:r1] = l
+            lse[r0:r1] = s
+        _accumulate_grads(z, xc, r1 - r0, W, dX, r0, dW, db)
+    return dX, dW, db
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
@@ -161,22 +182,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
             denom = _mean_denominator(target, weight, ignore_index, acc)
         in_forward = need_grad and not prob and reduction != "none"
         ctx.in_forward = in_forward
+        ctx.grads = None
+        ctx.denom = denom
         ctx.need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2],
                     prob and ctx.needs_input_grad[3])
         if in_forward:
             # gradient of the reduced loss for a unit upstream gradient, accumulated chunk by chunk
             scale = None if denom is None else (1.0 / denom).reshape(())
-            dX = torch.empty_like(x) if ctx.need[0] else None
-            dW = torch.zeros(W.shape, dtype=_acc_dtype(W.dtype), device=W.device) if ctx.need[1] else None
-            db = torch.zeros(W.shape[0], dtype=acc, device=x.device) if ctx.need[2] else None
-            for r0, r1 in ch.ranges():
-                z, xc = ch.logits(r0, r1)
-                l, s = ops.cross_entropy_fused_(z, target[r0:r1], weight, ignore_index, label_smoothing, off_target,
-                                                softcap, z_loss, scale)
-                loss[r0:r1] = l
-                lse[r0:r1] = s
-                _accumulate_grads(z, xc, r1 - r0, W, dX, r0, dW, db)
-            ctx.save_for_backward(dX, dW, db)
+            dX, dW, db = _grads_in_forward(ch, x, W, target, weight, ignore_index, label_smoothing, off_target,
+                                           softcap, z_loss, scale, ctx.need, loss, lse)
+            # Kept outside save_for_backward: the first backward scales them in place and hands
+            # them over (no second N x H / V x H allocation); a second backward (retain_graph=True)
+            # recomputes from the saved inputs instead.
+            ctx.grads = (dX, dW, db)
+            ctx.save_for_backward(x, W, b, target, weight, lse)
         else:
             for r0, r1 in ch.ranges():
                 z, _ = ch.logits(r0, r1)
@@ -211,11 +230,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
             )
         nothing = (None,) * 10  # the non-tensor arguments (and target, where it has no gradient)
         if ctx.in_forward:
-            dX, dW, db = ctx.saved_tensors
+            if ctx.grads is not None:
+                dX, dW, db = ctx.grads
+                ctx.grads = None
+            else:  # a second backward: the same computation again (bit-identical results)
+                x, W, b, target, weight, lse = ctx.saved_tensors
+                ignore_index, eps, off_target, softcap, z_loss, _, rows, _, D = ctx.args
+                scale = None if ctx.denom is None else (1.0 / ctx.denom).reshape(())
+                dX, dW, db = _grads_in_forward(_Chunker(x, W, b, rows, D), x, W, target, weight, ignore_index, eps,
+                                               off_target, softcap, z_loss, scale, ctx.need, None, None)
             g = grad_out.reshape(())
-            gx = None if dX is None else (dX * g.to(dX.dtype))
-            gw = None if dW is None else (dW * g.to(dW.dtype)).to(ctx.w_dtype)
-            gb = None if db is None else (db * g.to(db.dtype)).to(ctx.b_dtype)
+            gx = None if dX is None else dX.mul_(g.to(dX.dtype))
+            gw = None if dW is None else dW.mul_(g.to(dW.dtype)).to(ctx.w_dtype)
+            gb = None if db is None else db.mul_(g.to(db.dtype)).to(ctx.b_dtype)
             return (gx, gw, gb, None) + nothing
         x, W, b, target, weight, lse = ctx.saved_tensors
         ignore_index, eps, off_target, softcap, z_loss, reduction, rows, prob, D = ctx.args
