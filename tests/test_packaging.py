@@ -32,7 +32,11 @@ import check_wheel  # noqa: E402
 sys.path.pop(0)
 
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-CU130_ARCHS = "8.0;9.0+PTX"
+# The CUDA build of tests/test_cuda_build.py (its ARCHS): with the same archs and nvcc flags the wheel's
+# compiles are that build's, reused from the compiler cache (setup.py's sccache) instead of compiled
+# a second time.
+CU130_ARCHS = "7.5;8.0;9.0+PTX"
+CU130_NVCC_FLAGS = "-Xptxas -v"  # build_wheel.sh appends --threads $MAX_JOBS, as the cached build does
 
 
 def _torch():
@@ -225,6 +229,17 @@ def test_arch_list_parsing():
     assert check_wheel.arch_list("8.0 8.6;12.0+PTX") == (["sm_80", "sm_86", "sm_120"], ["compute_120"])
 
 
+def test_cu130_wheel_build_is_the_cached_cuda_build():
+    """The cu130 wheel's archs are the test suite's CUDA build's, so its compiles come from the cache."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_cuda_build", ROOT / "tests" / "test_cuda_build.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.ARCHS == CU130_ARCHS
+    assert {"sm_80", "sm_90"} <= set(check_wheel.arch_list(CU130_ARCHS)[0])
+
+
 # ---------------------------------------------------------------------------------------------------
 # slow: real builds
 # ---------------------------------------------------------------------------------------------------
@@ -266,7 +281,8 @@ def test_cu130_wheel(workdir):
     assert list((ROOT / "csrc" / "cuda").glob("*.cu")), "csrc/cuda/ has no .cu sources"
     cuobjdump = check_wheel.find_cuobjdump()
     assert cuobjdump, "cuobjdump not found: pip install nvidia-cuda-cuobjdump (needed to check the architectures)"
-    wheel = build_wheel("cu130", workdir / "dist-cu130", TORCH_CUDA_ARCH_LIST=CU130_ARCHS, CUDA_HOME=CUDA_HOME)
+    wheel = build_wheel("cu130", workdir / "dist-cu130", TORCH_CUDA_ARCH_LIST=CU130_ARCHS, CUDA_HOME=CUDA_HOME,
+                        NVCC_APPEND_FLAGS=CU130_NVCC_FLAGS)
     failures = check_wheel.check(str(wheel), "cu130", _torch_minor(), CU130_ARCHS, cuobjdump, True)
     assert not failures
     # The bar: sm_80 and sm_90 code in the library.
