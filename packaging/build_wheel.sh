@@ -20,6 +20,10 @@
 #   TORCH_CUDA_ARCH_LIST  override the platform's release architecture list (below)
 #   CUDA_HOME             CUDA toolkit of the platform's version (default /usr/local/cuda)
 #   OUT_DIR=DIR           where the wheel goes (default <repo>/dist)
+#   BUILD_TREE=DIR        build in DIR, a copy of this tree that was built before with the same
+#                         configuration (the test suite's CUDA build): its sources are refreshed from
+#                         the repository and its build/ is kept, so ninja recompiles only what changed
+#                         (default: a fresh staging copy, removed afterwards)
 #   MAX_JOBS=N            parallel compile jobs (default 2)
 #   NVCC_THREADS=N        nvcc --threads: architectures compiled in parallel per .cu file (default MAX_JOBS)
 #   PYTHON=python3.X      interpreter for the build venv (default python3; with USE_CURRENT_ENV=1 the
@@ -117,7 +121,13 @@ fi
 # ---- 3. a clean copy of the sources: no build/, *.egg-info, in-place _C*.so or _build_info.py -----
 STAGE=$(mktemp -d /tmp/smoothing_ext-stage.XXXXXX)
 trap 'rm -rf "$STAGE"' EXIT
-"$PY" - "$ROOT" "$STAGE/src" <<'EOF'
+SRC=$STAGE/src
+if [ -n "${BUILD_TREE:-}" ]; then
+  [ -f "$BUILD_TREE/setup.py" ] || { echo "build_wheel.sh: BUILD_TREE=$BUILD_TREE is not a copy of the tree" >&2; exit 1; }
+  SRC=$(cd "$BUILD_TREE" && pwd)
+  log "building in $SRC (its build/ reused)"
+fi
+"$PY" - "$ROOT" "$SRC" <<'EOF'
 import fnmatch, os, shutil, subprocess, sys
 root, dest = sys.argv[1:]
 skip = [".git", "build", "dist", "*.egg-info", "__pycache__", "*.so", "*.o", "*.whl", "_build_info.py",
@@ -136,14 +146,14 @@ if files:
             os.makedirs(os.path.join(dest, os.path.dirname(f)), exist_ok=True)
             shutil.copy2(os.path.join(root, f), os.path.join(dest, f))
 else:  # not a git checkout (an unpacked sdist): copy everything but build products
-    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(*skip))
+    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(*skip), dirs_exist_ok=True)
 EOF
 
 # ---- 4. build ------------------------------------------------------------------------------------
 mkdir -p "$OUT_DIR"
 WHEEL_DIR="$STAGE/wheel"
 log "building (MAX_JOBS=$MAX_JOBS, version 0.1.0+$SMOOTHING_EXT_LOCAL_VERSION)"
-( cd "$STAGE/src" && "$PY" -m pip wheel --no-build-isolation --no-deps -w "$WHEEL_DIR" . ) >&2
+( cd "$SRC" && "$PY" -m pip wheel --no-build-isolation --no-deps -w "$WHEEL_DIR" . ) >&2
 WHEEL=$(ls "$WHEEL_DIR"/smoothing_ext-*.whl)
 
 # ---- 5. check it, then publish it to OUT_DIR ----------------------------------------------------

@@ -32,11 +32,10 @@ import check_wheel  # noqa: E402
 sys.path.pop(0)
 
 CUDA_HOME = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-# The CUDA build of tests/test_cuda_build.py (its ARCHS): with the same archs and nvcc flags the wheel's
-# compiles are that build's, reused from the compiler cache (setup.py's sccache) instead of compiled
-# a second time.
+# The cu130 wheel is built in the tree of tests/test_cuda_build.py's CUDA build (BUILD_TREE), with its
+# archs: ninja finds every object current and only the link runs, instead of compiling the CUDA
+# sources a second time. What is tested is the packaging of that build (the compile is tested there).
 CU130_ARCHS = "7.5;8.0;9.0+PTX"
-CU130_NVCC_FLAGS = "-Xptxas -v"  # build_wheel.sh appends --threads $MAX_JOBS, as the cached build does
 
 
 def _torch():
@@ -229,14 +228,18 @@ def test_arch_list_parsing():
     assert check_wheel.arch_list("8.0 8.6;12.0+PTX") == (["sm_80", "sm_86", "sm_120"], ["compute_120"])
 
 
-def test_cu130_wheel_build_is_the_cached_cuda_build():
-    """The cu130 wheel's archs are the test suite's CUDA build's, so its compiles come from the cache."""
+def _cuda_build_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_cuda_build", ROOT / "tests" / "test_cuda_build.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    assert mod.ARCHS == CU130_ARCHS
+    return mod
+
+
+def test_cu130_wheel_build_is_the_cached_cuda_build():
+    """The cu130 wheel is built in the test suite's CUDA build tree, with its archs."""
+    assert _cuda_build_module().ARCHS == CU130_ARCHS
     assert {"sm_80", "sm_90"} <= set(check_wheel.arch_list(CU130_ARCHS)[0])
 
 
@@ -281,8 +284,12 @@ def test_cu130_wheel(workdir):
     assert list((ROOT / "csrc" / "cuda").glob("*.cu")), "csrc/cuda/ has no .cu sources"
     cuobjdump = check_wheel.find_cuobjdump()
     assert cuobjdump, "cuobjdump not found: pip install nvidia-cuda-cuobjdump (needed to check the architectures)"
+    cuda_build = _cuda_build_module()
+    if cuda_build._skip_reason():
+        pytest.skip(cuda_build._skip_reason())
+    tree = cuda_build.cached_build(CU130_ARCHS)["tree"]
     wheel = build_wheel("cu130", workdir / "dist-cu130", TORCH_CUDA_ARCH_LIST=CU130_ARCHS, CUDA_HOME=CUDA_HOME,
-                        NVCC_APPEND_FLAGS=CU130_NVCC_FLAGS)
+                        BUILD_TREE=tree)
     failures = check_wheel.check(str(wheel), "cu130", _torch_minor(), CU130_ARCHS, cuobjdump, True)
     assert not failures
     # The bar: sm_80 and sm_90 code in the library.
