@@ -101,8 +101,10 @@ class _CompileCache:
         self.exe = _find_sccache()
         self.env = None
         # The object directory too: its paths are in -MF/-o, and pip's editable builds put it in a
-        # fresh temporary directory each time.
-        self.basedirs = os.pathsep.join([ROOT, os.path.abspath(build_temp)])
+        # fresh temporary directory each time. And the environment (torch's headers): a venv inside
+        # the tree (.venv) would otherwise be spelled relative in this tree's builds and absolute in
+        # a copy's, and no key would match.
+        self.basedirs = os.pathsep.join([ROOT, os.path.abspath(build_temp), sys.prefix])
 
     def __enter__(self) -> "_CompileCache":
         import socket
