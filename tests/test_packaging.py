@@ -87,23 +87,26 @@ class FreshVenv:
 
     def __init__(self, path: Path):
         self.path = path
-        _run([sys.executable, "-m", "venv", path])
         self.python = path / "bin" / "python"
         if os.environ.get("SMOOTHING_EXT_SMOKE_FULL_VENV") == "1":
+            _run([sys.executable, "-m", "venv", path])
             _run([self.python, "-m", "pip", "install", "-q", "torch==%s" % _torch_version()])
+            self.pip = [self.python, "-m", "pip"]
             self.no_index = False
         else:
-            # Share the test interpreter's torch (and its dependencies) through a .pth file.
+            # No pip or setuptools of its own (their old copies would shadow what torch requires);
+            # the test interpreter's pip installs into it (pip --python). It shares the test
+            # interpreter's torch (and its dependencies) through a .pth file.
+            _run([sys.executable, "-m", "venv", "--without-pip", path])
             site = Path(_run([self.python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
             torch_site = Path(_torch().__file__).resolve().parents[1]
             (site / "_smoothing_ext_test_torch.pth").write_text(str(torch_site) + "\n")
-            # The venv's own (old) setuptools would shadow the one torch requires (>= 77).
-            _run([self.python, "-m", "pip", "uninstall", "-y", "-q", "setuptools"])
+            self.pip = [sys.executable, "-m", "pip", "--python", self.python]
             self.no_index = True
         self.cwd = path  # run everything from inside the venv: no source tree on sys.path
 
     def install(self, wheel: Path) -> None:
-        cmd = [self.python, "-m", "pip", "install", "-q"] + (["--no-index"] if self.no_index else []) + [wheel]
+        cmd = [*self.pip, "install", "-q"] + (["--no-index"] if self.no_index else []) + [wheel]
         _run(cmd, cwd=self.cwd)
 
     def run(self, *args: str, env=None) -> subprocess.CompletedProcess:
