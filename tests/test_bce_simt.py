@@ -303,6 +303,7 @@ def test_simt_sum_large(lib, dtype, num_sms, misalign):
 
 
 @requires_simt
+@pytest.mark.slow
 @pytest.mark.parametrize("sched", ["rev", "rand"])
 def test_simt_grid_other_schedules(lib, sched):
     """Another thread order (simt reads SIMT_SCHED once per process: a subprocess). The kernel has no
@@ -311,6 +312,7 @@ def test_simt_grid_other_schedules(lib, sched):
 
 
 @requires_simt
+@pytest.mark.slow
 def test_simt_grid_asan():
     rt = simt_lib.asan_runtime()
     if rt is None:

@@ -43,6 +43,7 @@ def test_bench_rejects_unknown_workload():
     assert out.returncode != 0 and "unknown workload" in out.stderr
 
 
+@pytest.mark.slow
 def test_bench_feature_rows(tmp_path):
     """Each feature row runs smoothing_ext's implementation(s) next to the plain-PyTorch formula, with
     a small error against the float64 reference."""
@@ -76,6 +77,7 @@ def _bench(args, **kw) -> subprocess.CompletedProcess:
                           timeout=600, **kw)
 
 
+@pytest.mark.slow
 def test_bench_threads_spread_and_oracle_fields(tmp_path):
     out = _bench([*_SMALL, "--modes", "fwd,fwdbwd", "--threads", "1", "--json", str(tmp_path / "t.json")])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -93,6 +95,7 @@ def test_bench_threads_spread_and_oracle_fields(tmp_path):
     assert ("checks passed" in out.stdout) == checks["passed"]
 
 
+@pytest.mark.slow
 def test_bench_strict_exits_nonzero_when_a_check_fails(tmp_path):
     # a negative spread threshold flags every timed row, whatever the machine does
     args = [*_SMALL, "--max-spread", "-1", "--json", str(tmp_path / "s.json")]
@@ -159,6 +162,7 @@ def test_spread_pct():
     assert bench.spread_pct([1.0, 1.0, 1.5, 1.5]) == pytest.approx(40.0)
 
 
+@pytest.mark.slow
 def test_bench_warns_under_competing_load(tmp_path):
     """Busy loops on every core: the table must come with a warning (not asserting any time)."""
     n = os.cpu_count() or 1

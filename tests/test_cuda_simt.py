@@ -56,12 +56,14 @@ def lib():
 
 
 @requires_simt
-@pytest.mark.parametrize("sched", ["fwd", "rev", "rand"])
+@pytest.mark.parametrize("sched", ["fwd", pytest.param("rev", marks=pytest.mark.slow),
+                                   pytest.param("rand", marks=pytest.mark.slow)])
 def test_simt_grid(lib, sched):
     _run_grid({"SIMT_SCHED": sched}, ["--lib", lib])
 
 
 @requires_simt
+@pytest.mark.slow
 def test_simt_grid_asan():
     rt = simt_lib.asan_runtime()
     if rt is None:

@@ -25,6 +25,7 @@ def _run(args: list[str], cwd: Path, timeout: int) -> subprocess.CompletedProces
     )
 
 
+@pytest.mark.slow
 def test_digits_quick(tmp_path: Path) -> None:
     pytest.importorskip("sklearn", reason="examples/label_smoothing_digits.py needs scikit-learn (extra 'example')")
     pytest.importorskip("matplotlib", reason="examples/label_smoothing_digits.py needs matplotlib (extra 'example')")
@@ -58,6 +59,7 @@ def test_digits_quick(tmp_path: Path) -> None:
     assert md.split("\n", 2)[2].strip() in proc.stdout
 
 
+@pytest.mark.slow
 def test_swap_in_training_loop(tmp_path: Path) -> None:
     # Default settings: bf16 autocast + torch.compile(fullgraph=True); most of the time is compilation.
     proc = _run([str(EXAMPLES / "swap_in_training_loop.py")], cwd=tmp_path, timeout=600)

@@ -50,6 +50,7 @@ def test_script_syntax_and_help():
         assert r.returncode == 0, r.stdout
 
 
+@pytest.mark.slow
 def test_failed_build_is_recorded_and_the_rest_skipped(tmp_path):
     """A failing step is recorded (with its log), the later steps are recorded as skipped, the exit
     status is 1 and results.md says so."""
@@ -65,6 +66,7 @@ def test_failed_build_is_recorded_and_the_rest_skipped(tmp_path):
     assert "FAILED: build" in r.stdout
 
 
+@pytest.mark.slow
 def test_time_budget_skips_steps(tmp_path):
     """Steps that would start with less than 3 s of the budget left are skipped, not started."""
     fake = tmp_path / "tree"

@@ -21,6 +21,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import smoothing_ext
 
 PKG = Path(smoothing_ext.__file__).resolve().parent
@@ -64,6 +66,7 @@ def _python(args: list[str], cwd: Path, pythonpath: Path) -> subprocess.Complete
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_unbuilt_checkout_shadowing_an_install_says_how_to_get_the_install(tmp_path):
     site = tmp_path / "site"
     installed = _copy_package(site, with_c=True)

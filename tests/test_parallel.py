@@ -647,7 +647,9 @@ def _results(world: int, tmp_path_factory: pytest.TempPathFactory) -> dict[str, 
 _IDS = [(w, c["name"]) for w in (2, 4) for c in CASES] + [(w, n) for w in (2, 4) for n in EXTRA[w]]
 
 
-@pytest.mark.parametrize("world,name", _IDS, ids=[f"world{w}-{n}" for w, n in _IDS])
+# the 4-rank run (one spawn of 4 processes for all its cases) is in the slow set; 2 ranks stay fast
+@pytest.mark.parametrize("world,name", [pytest.param(w, n, id=f"world{w}-{n}", marks=[pytest.mark.slow] if w == 4 else [])
+                                        for w, n in _IDS])
 def test_parallel_matches_unsharded(world: int, name: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     results = _results(world, tmp_path_factory)
     assert name in results, f"{name} was not run by the {world} ranks (got {sorted(results)})"
@@ -663,6 +665,7 @@ def test_maybe_parallel_is_none_for_plain_calls() -> None:
         parallel.maybe_parallel(x, t, class_start=0)
 
 
+@pytest.mark.slow
 def test_example_tensor_parallel_loss(tmp_path: Path) -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(ROOT / "examples" / "tensor_parallel_loss.py")], cwd=tmp_path,
