@@ -51,13 +51,14 @@ build: $(STAMP)
 	$(PY) -c "import smoothing_ext, torch; print('smoothing_ext', smoothing_ext.__version__, 'torch', torch.__version__, 'CPU kernels:', torch.ops.smoothing_ext._cpu_capability())"
 
 # Two worker processes by default, a test file per worker at a time (--dist loadfile: a file's
-# module-level set-up, e.g. the spawned ranks of test_parallel.py, runs once): the builds inside the
-# suite (CUDA, CMake, wheels) then overlap with the many small, mostly single-threaded cases.
+# module-level set-up, e.g. the spawned ranks of test_parallel.py, runs once), in collection order
+# (--no-loadscope-reorder: tests/conftest.py puts the files that build something first): the builds
+# inside the suite (CUDA, CMake, wheels) then overlap with the many small, mostly single-threaded cases.
 TEST_JOBS ?= 2
 ifeq ($(TEST_JOBS),0)
 XDIST_ARGS :=
 else
-XDIST_ARGS := -n $(TEST_JOBS) --dist loadfile
+XDIST_ARGS := -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
 endif
 
 test: build

@@ -9,9 +9,12 @@ a ``V x H`` output layer into the label-smoothed cross entropy, side by side in 
 - torch's own chunked ``F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())``, which
   supports ``label_smoothing=0`` only (its rows are measured with and against ours at 0).
 
-Times are medians of ``--reps`` calls after a warm-up, with the run-to-run spread; peak extra memory
-is the process's resident-set peak during one call beyond what it held before (Linux), measured
-after all timings. Results are printed as a Markdown table and optionally saved as JSON.
+Times are medians of ``--reps`` calls after a warm-up, with the run-to-run spread. Memory, measured
+after all timings, two ways for one call beyond what was held before it, the gradients it returns
+included: the exact peak of tensor allocations (the profiler's allocation events; the ratio column
+uses it) and the process's resident-set peak (sampled; Linux), which also sees memory allocated
+outside ATen (BLAS scratch) but can miss a short-lived buffer. Results are printed as a Markdown
+table and optionally saved as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import smoothing_ext
-from smoothing_ext.bench import peak_extra_bytes, prepare_cpu_memory_measurement
+from smoothing_ext.bench import peak_extra_bytes, peak_tensor_bytes, prepare_cpu_memory_measurement
 
 
 def _impls(eps: float) -> dict[str, Callable]:
@@ -71,6 +74,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--dtypes", default="bfloat16,float32")
     ap.add_argument("--eps", default="0.1,0.0", help="label_smoothing values")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--impls", default=None,
+                    help="comma-separated implementation names to run (default: all; 'ours' always runs)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--json", default=None, help="write the rows to this file")
@@ -78,6 +83,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     N, H, V = (int(v) for v in args.shape.lower().split("x"))
+    wanted = None if args.impls is None else set(args.impls.split(","))
+    known = set(_impls(0.0)) | set(_impls(0.1))
+    if wanted is not None and not wanted <= known:
+        ap.error(f"unknown --impls {sorted(wanted - known)}; known: {sorted(known)}")
     rows: list[dict] = []
     gen = torch.Generator().manual_seed(0)
     print(f"# linear + label-smoothed cross entropy, N={N} H={H} V={V}, {torch.get_num_threads()} threads, "
@@ -91,6 +100,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         for eps in (float(e) for e in args.eps.split(",")):
             ref = None
             for name, fn in _impls(eps).items():
+                if wanted is not None and name != "ours" and name not in wanted:
+                    continue
                 run = _step(fn, x, W, t)
                 t0 = time.perf_counter()
                 loss = run()  # warm-up (and compilation)
@@ -109,22 +120,27 @@ def main(argv: Optional[list[str]] = None) -> int:
                 rows.append(row)
                 cases.append((row, run))
                 print(f"  {dname} eps={eps} {name}: {med * 1e3:.0f} ms (spread {spread:.0f}%)", flush=True)
-    if not args.no_memory and prepare_cpu_memory_measurement():
+    if not args.no_memory:
         for row, run in cases:
-            extra = peak_extra_bytes(run, "cpu")
-            row["peak_extra_mb"] = None if extra is None else extra / 2**20
+            exact = peak_tensor_bytes(run)
+            row["peak_tensor_mb"] = None if exact is None else exact / 2**20
+        if prepare_cpu_memory_measurement():
+            for row, run in cases:
+                extra = peak_extra_bytes(run, "cpu")
+                row["peak_rss_mb"] = None if extra is None else extra / 2**20
     print()
-    print("| dtype | eps | implementation | fwd+bwd ms | spread % | speed-up of ours | peak extra MB | "
-          "memory: ours / it |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    print("| dtype | eps | implementation | fwd+bwd ms | spread % | speed-up of ours | peak tensors MiB | "
+          "peak RSS MiB | memory: ours / it |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         o = next(q for q in rows if q["dtype"] == r["dtype"] and q["eps"] == r["eps"] and q["impl"] == "ours")
         tm = r["ms"] / o["ms"]
-        mem = r.get("peak_extra_mb")
-        om = o.get("peak_extra_mb")
+        mem = r.get("peak_tensor_mb")
+        om = o.get("peak_tensor_mb")
         mr = f"{om / mem:.2f}" if mem and om is not None else "-"
+        rss = r.get("peak_rss_mb")
         print(f"| {r['dtype']} | {r['eps']} | {r['impl']} | {r['ms']:.0f} | {r['spread_pct']:.0f} | {tm:.2f} | "
-              f"{'-' if mem is None else f'{mem:.0f}'} | {mr} |")
+              f"{'-' if mem is None else f'{mem:.0f}'} | {'-' if rss is None else f'{rss:.0f}'} | {mr} |")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(shape=[N, H, V], threads=torch.get_num_threads(), torch=torch.__version__,

@@ -179,3 +179,41 @@ def test_bench_warns_under_competing_load(tmp_path):
     assert "!!! WARNING" in out.stdout and "machine busy" in out.stdout, out.stdout[-3000:]
     data = json.loads((tmp_path / "l.json").read_text())
     assert not data["checks"]["passed"] and min(c["cpu_share"] for c in data["checks"]["calibrations"]) < bench.MIN_CPU_SHARE
+
+
+def test_peak_tensor_bytes_counts_every_allocation_in_order():
+    """The exact peak is the largest running sum of the call's allocations and frees: here 4 MB and
+    8 MB live together, then 2 MB more after the 4 MB are freed."""
+    def call():
+        a = torch.empty(1_000_000, dtype=torch.float32)
+        b = torch.empty(2_000_000, dtype=torch.float32)
+        del a
+        c = torch.empty(500_000, dtype=torch.float32)
+        return b, c
+
+    sizes = (1_000_000 * 4, 2_000_000 * 4, 500_000 * 4)
+    expected = max(sizes[0] + sizes[1], sizes[1] + sizes[2])
+    got = bench.peak_tensor_bytes(call)
+    # the profiler may record small bookkeeping allocations of its own, never less than the tensors
+    assert expected <= got < expected + 64 * 1024, (got, expected)
+
+
+@pytest.mark.slow
+def test_bench_linear_small_run(tmp_path):
+    """bench_linear runs every implementation side by side, and with the exact memory measure the
+    fused op holds less than linear + F.cross_entropy (whose N x V logits and their gradient exist)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "smoothing_ext.bench_linear", "--shape", "256x64x4000", "--dtypes", "float32",
+         "--eps", "0.1,0.0", "--reps", "1", "--json", str(tmp_path / "l.json")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| peak tensors MiB |" in out.stdout
+    rows = json.loads((tmp_path / "l.json").read_text())["rows"]
+    by = {(r["eps"], r["impl"]): r for r in rows}
+    for eps in (0.1, 0.0):
+        ours, eager = by[(eps, "ours")], by[(eps, "linear + F.cross_entropy")]
+        assert ours["loss_err_vs_ours"] == 0.0 and eager["loss_err_vs_ours"] < 1e-4
+        # logits and their gradient alone: 2 x 256 x 4000 x 4 bytes
+        assert eager["peak_tensor_mb"] * 2**20 >= 2 * 256 * 4000 * 4
+        assert ours["peak_tensor_mb"] < eager["peak_tensor_mb"]
