@@ -8,6 +8,11 @@ same run:
   liger    liger_kernel's cross entropy (fused; it overwrites the logits with the gradient), when importable
   quack    quack.cross_entropy (no label smoothing: timed at label_smoothing=0), when importable
 
+and the LM head fused with the loss at N x H x V = 8192 x 4096 x 128256 bf16 (forward + backward with
+the input and weight gradients, CUDA-event time and peak allocated memory beyond the inputs):
+smoothing_ext.linear_cross_entropy at label_smoothing 0.1 and 0, linear + F.cross_entropy eager,
+and torch's chunked F.linear_cross_entropy (label_smoothing=0 only: its chunked path has no smoothing).
+
 One pass = N x C x element size bytes at the copy's bandwidth (the copy reads and writes: 2 passes).
 Bars at 8192 x 128256 bf16 (GPU only; printed as pass/fail, exit 1 when one fails):
   forward >= 85% of the copy's bandwidth; forward + backward <= 1.1 x 3 passes;
@@ -125,6 +130,56 @@ def bench_case(N, C, dtype, device, timer, deadline, extras, log, compile_it=Tru
     return rows, pass_ms
 
 
+def linear_case(N, H, V, dtype, device, timer, log):
+    """The LM head + loss rows: time and peak memory of forward + backward (dX and dW)."""
+    torch.manual_seed(0)
+    x = torch.randn(N, H, device=device, dtype=dtype)
+    W = (torch.randn(V, H, device=device, dtype=dtype) / H**0.5)
+    t = torch.randint(0, V, (N,), device=device)
+    case = f"{N}x{H}x{V} {str(dtype).replace('torch.', '')}"
+    impls = [
+        ("ours", 0.1, lambda a, w: smoothing_ext.linear_cross_entropy(a, w, t, label_smoothing=0.1)),
+        ("ours", 0.0, lambda a, w: smoothing_ext.linear_cross_entropy(a, w, t)),
+        ("linear + F.cross_entropy", 0.1, lambda a, w: F.cross_entropy(F.linear(a, w), t, label_smoothing=0.1)),
+        ("linear + F.cross_entropy", 0.0, lambda a, w: F.cross_entropy(F.linear(a, w), t)),
+    ]
+    if hasattr(torch.nn, "LinearCrossEntropyOptions"):
+        opts = torch.nn.LinearCrossEntropyOptions()
+        impls.append(("F.linear_cross_entropy (chunked)", 0.0,
+                      lambda a, w: F.linear_cross_entropy(a, w, t, options=opts)))
+    rows = []
+    xr, Wr = x.clone().requires_grad_(True), W.clone().requires_grad_(True)
+
+    def step(fn):
+        def run():
+            xr.grad = Wr.grad = None
+            fn(xr, Wr).backward()
+        return run
+
+    for impl, eps, fn in impls:
+        try:
+            run = step(fn)
+            ms = timer(run)
+            peak = None
+            if device == "cuda":
+                xr.grad = Wr.grad = None
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                run()
+                torch.cuda.synchronize()
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+            rows.append(dict(case=case, impl=impl, eps=eps, mode="linear forward+backward", ms=round(ms, 3),
+                             peak_mib=None if peak is None else round(peak, 1)))
+            log(f"{case:26s} {impl:34s} eps={eps:<4} {ms:9.3f} ms  peak {peak if peak is None else round(peak)} MiB")
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(case=case, impl=impl, eps=eps, mode="linear forward+backward", error=repr(e)[:300]))
+    del xr, Wr, x, W
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows
+
+
 def load_extras():
     extras, status = {}, {}
     try:
@@ -195,6 +250,14 @@ def main(argv=None) -> int:
             r, _ = bench_case(N, C, dtype, a.device, timer, deadline, extras, lambda m: print(m, flush=True),
                               compile_it=not a.tiny or not rows)
             rows += r
+    linear_rows = []
+    lin = (64, 32, 500) if a.tiny else (8192, 4096, 128256)
+    if time.monotonic() < deadline - 30:
+        linear_rows = linear_case(*lin, torch.bfloat16, a.device, Timer(a.device, iters=3 if a.tiny else 5,
+                                                                         warmup=1 if a.tiny else 2),
+                                  lambda m: print(m, flush=True))
+    else:
+        linear_rows = [dict(case=f"{lin[0]}x{lin[1]}x{lin[2]} bfloat16", error="skipped: time budget")]
     main_case = f"{shapes[0][0]}x{shapes[0][1]} bfloat16"
     evaluate = a.device == "cuda" and not a.tiny
     b = bars(rows, main_case, evaluate)
@@ -206,6 +269,14 @@ def main(argv=None) -> int:
                       f"| {r['note']} |")
         else:
             md.append(f"| {r.get('case')} | {r.get('impl', '')} | {r.get('mode', '')} | - | - | - | {r['error']} |")
+    md += ["", "LM head + loss (forward + backward, dX and dW):", "",
+           "| case | impl | label_smoothing | ms | peak allocated MiB |", "|---|---|---|---|---|"]
+    for r in linear_rows:
+        if "ms" in r:
+            md.append(f"| {r['case']} | {r['impl']} | {r['eps']} | {r['ms']:.3f} | "
+                      f"{'-' if r['peak_mib'] is None else r['peak_mib']} |")
+        else:
+            md.append(f"| {r.get('case')} | {r.get('impl', '')} | {r.get('eps', '')} | - | {r['error']} |")
     md += ["", "| bar | value | limit | status |", "|---|---|---|---|"]
     md += [f"| {x['bar']} | {x.get('value', '-')} | {x.get('limit', '-')} | {x['status']} |" for x in b]
     if not evaluate:
@@ -214,7 +285,7 @@ def main(argv=None) -> int:
     print(text)
     dev_name = torch.cuda.get_device_name(0) if a.device == "cuda" else "cpu"
     res = dict(device=a.device, gpu=dev_name, tiny=a.tiny, torch=torch.__version__, extras=extra_status, rows=rows,
-               bars=b, md=text)
+               linear_rows=linear_rows, bars=b, md=text)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=1)

@@ -47,6 +47,24 @@ _VOCAB_BLOCK = 4096
 _ADD_SLICE = 1024
 
 
+def _skip_mask(x: Tensor, target: Tensor, ignore_index: int, prob: bool, rows: int) -> Optional[list[bool]]:
+    """Per chunk: True where every row of it is ignored (its loss and gradients are zeros, so its
+    three GEMMs are skipped: padded batches). Only where reading that back costs nothing: CPU
+    tensors outside torch.compile (on CUDA it would be a host synchronisation). None otherwise."""
+    if prob or x.device.type != "cpu" or torch.compiler.is_compiling():
+        return None
+    N = x.shape[0]
+    if N == 0:
+        return None
+    valid = target.reshape(N, -1).long() != ignore_index  # .long(): a uint8 target must not wrap -100
+    n_chunks = -(-N // rows)
+    pad = n_chunks * rows - N
+    per_row = valid.any(1)
+    if pad:
+        per_row = torch.cat([per_row, per_row.new_zeros(pad)])
+    return (~per_row.view(n_chunks, rows).any(1)).tolist()
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -138,7 +156,15 @@ def _grads_in_forward(ch: _Chunker, x: Tensor, W: Tensor, target: Tensor, weight
     dX = torch.empty_like(x) if need[0] else None
     dW = torch.zeros(W.shape, dtype=_acc_dtype(W.dtype), device=W.device) if need[1] else None
     db = torch.zeros(W.shape[0], dtype=acc, device=x.device) if need[2] else None
-    for r0, r1 in ch.ranges():
+    skip = _skip_mask(x, target, ignore_index, False, ch.rows)
+    for i, (r0, r1) in enumerate(ch.ranges()):
+        if skip is not None and skip[i]:
+            if loss is not None:
+                loss[r0:r1] = 0
+                lse[r0:r1] = 0  # read only through z-loss terms, which are masked for ignored rows
+            if dX is not None:
+                dX[r0:r1] = 0
+            continue
         z, xc = ch.logits(r0, r1)
         l, s = torch.ops.smoothing_ext.cross_entropy_fused_(z, target[r0:r1], weight, ignore_index, eps, off_target,
                                                             softcap, z_loss, scale)
@@ -197,7 +223,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             ctx.grads = (dX, dW, db)
             ctx.save_for_backward(x, W, b, target, weight, lse)
         else:
-            for r0, r1 in ch.ranges():
+            skip = _skip_mask(x, target, ignore_index, prob, rows)
+            for i, (r0, r1) in enumerate(ch.ranges()):
+                if skip is not None and skip[i]:
+                    loss[r0:r1] = 0
+                    lse[r0:r1] = 0
+                    continue
                 z, _ = ch.logits(r0, r1)
                 if prob:
                     l, s = ops.cross_entropy_prob_forward(z, target[r0:r1], weight, label_smoothing, off_target, softcap)
@@ -263,7 +294,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         dY = torch.empty_like(target) if need[3] else None
         on = smoothing_coefficients(eps, W.shape[0] // D, off_target)[0]
         ch = _Chunker(x, W, b, rows, D)
-        for r0, r1 in ch.ranges():
+        skip = _skip_mask(x, target, ignore_index, prob, rows)
+        for i, (r0, r1) in enumerate(ch.ranges()):
+            if skip is not None and skip[i]:
+                if dX is not None:
+                    dX[r0:r1] = 0
+                continue
             z, xc = ch.logits(r0, r1)
             gc = g_rows[r0:r1]
             if prob:

@@ -293,3 +293,55 @@ def test_opinfo_chunked_variants_kwargs_accepted(reduction, kw):
     t = torch.randint(0, 8, (10,), generator=g)
     ours = linear_cross_entropy(x, W, t, reduction=reduction, options=opts, **kw)
     torch.testing.assert_close(ours, F.linear_cross_entropy(x, W, t, reduction=reduction, **kw))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_ignored_chunks_cost_no_gemm(reduction):
+    """A chunk whose rows are all ignored (a padded batch's tail) runs no GEMM on the CPU, and the
+    results still equal the composition's (float64)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class CountGemms(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.addmm_):
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    g = torch.Generator().manual_seed(12)
+    N, H, V, chunk = 64, 8, 40, 16
+    x = torch.randn(N, H, generator=g, dtype=torch.float64)
+    W = torch.randn(V, H, generator=g, dtype=torch.float64)
+    t = torch.randint(0, V, (N,), generator=g)
+    padded = t.clone()
+    padded[N // 2 - 3:] = -100  # chunks 3 and 4 are all padding; chunk 2 only partly
+
+    counts = {}
+    for name, tt in (("full", t), ("padded", padded)):
+        xx, WW = x.clone().requires_grad_(), W.clone().requires_grad_()
+        with CountGemms() as c:
+            loss = linear_cross_entropy(xx, WW, tt, reduction=reduction, label_smoothing=0.1, z_loss=1e-3,
+                                        chunk_size=chunk)
+            up = torch.randn(loss.shape, generator=g, dtype=torch.float64)
+            gx, gw = torch.autograd.grad(loss, (xx, WW), up)
+        counts[name] = c.n
+        xr, Wr = x.clone().requires_grad_(), W.clone().requires_grad_()
+        logits = xr @ Wr.T
+        ref = F.cross_entropy(logits, tt, reduction=reduction, label_smoothing=0.1)
+        ref = ref + 1e-3 * _zloss_ref(logits, tt, reduction)
+        rx, rw = torch.autograd.grad(ref, (xr, Wr), up)
+        torch.testing.assert_close(loss, ref)
+        torch.testing.assert_close(gx, rx)
+        torch.testing.assert_close(gw, rw)
+    assert counts["padded"] * 2 == counts["full"], counts
+
+
+def _zloss_ref(logits, t, reduction):
+    keep = (t != -100).to(logits.dtype)
+    z = torch.logsumexp(logits, 1).pow(2) * keep
+    if reduction == "none":
+        return z
+    return z.sum() / keep.sum() if reduction == "mean" else z.sum()
