@@ -224,6 +224,19 @@ def bars(rows, case, evaluate):
     return out
 
 
+def _md_rows(rows, ncols, cells, third):
+    """Markdown rows: case, impl, then cells(row) for a timed row; an error row gets its `third`
+    field, dashes, and the error in the last column."""
+    out = []
+    for r in rows:
+        if "ms" in r:
+            c = [r["case"], r["impl"], *cells(r)]
+        else:
+            c = [r.get("case"), r.get("impl", ""), r.get(third, "")] + ["-"] * (ncols - 4) + [r["error"]]
+        out.append("| " + " | ".join(str(x) for x in c) + " |")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
@@ -263,20 +276,12 @@ def main(argv=None) -> int:
     b = bars(rows, main_case, evaluate)
     md = ["| case | impl | mode | ms | passes (x one pass at copy bandwidth) | GB/s of ideal traffic | note |",
           "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "ms" in r:
-            md.append(f"| {r['case']} | {r['impl']} | {r['mode']} | {r['ms']:.3f} | {r['x_pass']:.2f} | {r['gbps']} "
-                      f"| {r['note']} |")
-        else:
-            md.append(f"| {r.get('case')} | {r.get('impl', '')} | {r.get('mode', '')} | - | - | - | {r['error']} |")
+    md += _md_rows(rows, 7, lambda r: [r["mode"], f"{r['ms']:.3f}", f"{r['x_pass']:.2f}", r["gbps"], r["note"]],
+                   "mode")
     md += ["", "LM head + loss (forward + backward, dX and dW):", "",
            "| case | impl | label_smoothing | ms | peak allocated MiB |", "|---|---|---|---|---|"]
-    for r in linear_rows:
-        if "ms" in r:
-            md.append(f"| {r['case']} | {r['impl']} | {r['eps']} | {r['ms']:.3f} | "
-                      f"{'-' if r['peak_mib'] is None else r['peak_mib']} |")
-        else:
-            md.append(f"| {r.get('case')} | {r.get('impl', '')} | {r.get('eps', '')} | - | {r['error']} |")
+    md += _md_rows(linear_rows, 5, lambda r: [r["eps"], f"{r['ms']:.3f}", "-" if r["peak_mib"] is None
+                                              else r["peak_mib"]], "eps")
     md += ["", "| bar | value | limit | status |", "|---|---|---|---|"]
     md += [f"| {x['bar']} | {x.get('value', '-')} | {x.get('limit', '-')} | {x['status']} |" for x in b]
     if not evaluate:

@@ -71,6 +71,7 @@ struct Params {
 
 using cuda_elem::FromAcc;
 using cuda_elem::to_acc;
+using cuda_elem::store_pack16;
 
 // N elements moved as one aligned block (16 bytes, or 32 for float of a 2-byte input).
 template <typename T, int N>
@@ -197,7 +198,7 @@ __device__ __forceinline__ acc_t bce_group(const Params<scalar_t, acc_t>& p, int
       out.v[k] = FromAcc<scalar_t>::cvt(grad_elem<acc_t>(to_acc(xp.v[k]), ys, pw[k]) * g[k] * w[k]);
     }
     if (p.out_vec) {
-      *reinterpret_cast<Pack<scalar_t, V>*>(p.grad_input + i0) = out;
+      store_pack16<true>(p.grad_input + i0, out);
     } else {
 #pragma unroll
       for (int k = 0; k < V; ++k) p.grad_input[i0 + k] = out.v[k];
@@ -218,7 +219,7 @@ __device__ __forceinline__ acc_t bce_group(const Params<scalar_t, acc_t>& p, int
       out.v[k] = loss_elem<acc_t>(to_acc(xp.v[k]), ys, pw[k]) * w[k];
     }
     if (p.out_vec) {
-      *reinterpret_cast<Pack<acc_t, V>*>(p.loss + i0) = out;
+      store_pack16<true>(p.loss + i0, out);
     } else {
 #pragma unroll
       for (int k = 0; k < V; ++k) p.loss[i0 + k] = out.v[k];

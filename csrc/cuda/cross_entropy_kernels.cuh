@@ -123,6 +123,7 @@ struct XentParams {
 
 using cuda_elem::FromAcc;
 using cuda_elem::to_acc;
+using cuda_elem::store_pack16;
 
 template <typename acc_t>
 __device__ __forceinline__ acc_t neg_inf();
@@ -690,7 +691,7 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
                                                                  PROB ? to_acc(yp[u].v[k]) : acc_t(0)));
         }
         if (g_vec) {
-          *reinterpret_cast<Pack<scalar_t>*>(gr + j) = out;
+          store_pack16(gr + j, out);
         } else {
 #pragma unroll
           for (int k = 0; k < V; ++k) gr[j + k] = out.v[k];
@@ -905,7 +906,7 @@ __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock)
         if (iu < nvec) {
 #pragma unroll
           for (int k = 0; k < V; ++k) pk[u].v[k] = scale_elem(pk[u].v[k], f);
-          gv[iu] = pk[u];
+          store_pack16(gv + iu, pk[u]);
         }
       }
     }

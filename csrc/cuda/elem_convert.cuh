@@ -7,6 +7,8 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 
+#include <cstring>
+
 namespace smoothing_ext {
 namespace cuda_elem {
 
@@ -34,6 +36,32 @@ template <>
 struct FromAcc<__nv_bfloat16> {
   static __device__ __forceinline__ __nv_bfloat16 cvt(float v) { return __float2bfloat16_rn(v); }
 };
+
+// Stores a pack of elements (a multiple of 16 bytes, 16-byte aligned at dst) as 128-bit stores. A
+// plain struct copy of __half / __nv_bfloat16 members is split by nvcc into one 16-bit store per
+// member; the bit copy into uint4 words is register moves (PRMT), then one STG.E.128 per 16 bytes.
+// OPAQUE: the PTX instruction itself (with a compiler barrier), for call sites where the optimizer
+// still split the uint4 store into 32-bit pieces (the BCE kernels); elsewhere the plain store leaves
+// the scheduler free (fewer registers: the opaque store costs the row kernels up to 24).
+template <bool OPAQUE = false, typename T>
+__device__ __forceinline__ void store_pack16(void* dst, const T& v) {
+  static_assert(sizeof(T) % 16 == 0, "store_pack16 stores whole 16-byte words");
+  constexpr int kWords = static_cast<int>(sizeof(T) / 16);
+  unsigned int u[4 * kWords];
+  memcpy(u, &v, sizeof(T));
+#pragma unroll
+  for (int i = 0; i < kWords; ++i) {
+#if defined(__CUDA_ARCH__)
+    if constexpr (OPAQUE) {
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(reinterpret_cast<uint4*>(dst) + i),
+                   "r"(u[4 * i]), "r"(u[4 * i + 1]), "r"(u[4 * i + 2]), "r"(u[4 * i + 3])
+                   : "memory");
+      continue;
+    }
+#endif
+    reinterpret_cast<uint4*>(dst)[i] = make_uint4(u[4 * i], u[4 * i + 1], u[4 * i + 2], u[4 * i + 3]);
+  }
+}
 
 }  // namespace cuda_elem
 }  // namespace smoothing_ext
