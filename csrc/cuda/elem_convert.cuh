@@ -53,8 +53,10 @@ __device__ __forceinline__ void store_pack16(void* dst, const T& v) {
   for (int i = 0; i < kWords; ++i) {
 #if defined(__CUDA_ARCH__)
     if constexpr (OPAQUE) {
-      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(reinterpret_cast<uint4*>(dst) + i),
-                   "r"(u[4 * i]), "r"(u[4 * i + 1]), "r"(u[4 * i + 2]), "r"(u[4 * i + 3])
+      // st.global takes a global-space address: the generic pointer converted explicitly
+      const size_t global = __cvta_generic_to_global(static_cast<uint4*>(dst) + i);
+      asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(global), "r"(u[4 * i]), "r"(u[4 * i + 1]),
+                   "r"(u[4 * i + 2]), "r"(u[4 * i + 3])
                    : "memory");
       continue;
     }
