@@ -1,6 +1,8 @@
 #include "xent_checks.h"
 
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: that one costs several seconds of compile time per file.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>

@@ -6,7 +6,11 @@
 // each is described by a bce::Operand (pointer, inner, period) read as (i / inner) % period
 // (bce_math.h). Only a broadcast that no single such pattern covers, e.g. (N, 1, H) over
 // (N, C, H), or a non-contiguous full-size operand, is materialised.
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: that one costs several seconds of compile time per file.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <string>

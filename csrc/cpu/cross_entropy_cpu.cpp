@@ -1,6 +1,10 @@
 // CPU host functions: checks, dtype conversions of the small tensors, output allocation, and the
 // choice of the kernel table for this processor.
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: that one costs several seconds of compile time per file.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <torch/library.h>
 
 #include <cstdlib>

@@ -4,7 +4,11 @@
 // kernel in bce_kernels.cuh. No host synchronisation: the ops can be captured in CUDA graphs.
 // Compiled by the host compiler only: the kernels are instantiated in bce_kernels.cu, reached
 // through bce_launch.h.
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: that one costs several seconds of compile time per file.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>

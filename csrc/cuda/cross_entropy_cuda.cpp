@@ -17,7 +17,10 @@
 // weight to the accumulation dtype; sum_j w_j is computed on the device in float64 (as the CPU path
 // does) and read by the kernels from device memory, so there is no .item(). Nothing here
 // synchronises with the host, so the ops can be captured in CUDA graphs.
-#include <ATen/ATen.h>
+// Per-operator headers, not <ATen/ATen.h>: that one costs several seconds of compile time per file.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
