@@ -141,6 +141,27 @@ def test_alternative_paths():
     assert sr.heaviest_path(insns2, sr.find_loops(insns2)[0]) == (7, 20)  # 0x40 ends an iteration too
 
 
+def test_vector_path():
+    # Hand-counted on ALTERNATIVES: the iteration with the 16-byte load and the 16-byte store that
+    # skips the scalar load at 0x70 (a class weight, say) is 0x00, 0x10 (taken), 0x50, 0x60 (taken),
+    # 0x80, 0x90: 6 instructions for 16 bytes = 8 bf16 elements.
+    insns = sr.parse_sass(ALTERNATIVES)["_Z3altI13__nv_bfloat16EvPT_"]
+    (loop,) = sr.find_loops(insns)
+    assert sr.vector_path(insns, loop) == (6, 16)
+    hot = sr.hot_loop(insns)
+    assert (hot["vector_instructions"], hot["vector_load_bytes"]) == (6, 16)
+    (row,) = [r for r in sr.analyze(ALTERNATIVES) if r["kernel"].startswith("alt")]
+    assert row["vector_instr_per_element"] == 6 / 8
+    # a narrower store there: the vector load alone decides
+    no_vec_store = ALTERNATIVES.replace("STG.E.128 desc[UR4][R2.64], R4 ;", "STG.E desc[UR4][R2.64], R4 ;")
+    insns3 = sr.parse_sass(no_vec_store)["_Z3altI13__nv_bfloat16EvPT_"]
+    assert sr.vector_path(insns3, sr.find_loops(insns3)[0]) == (6, 16)  # the load alone still counts
+    # a guard that skips the vector store: only the path through it counts
+    guarded = ALTERNATIVES.replace("@P0 BRA 0x50 ;", "@P0 BRA 0x60 ;")
+    insns4 = sr.parse_sass(guarded)["_Z3altI13__nv_bfloat16EvPT_"]
+    assert sr.vector_path(insns4, sr.find_loops(insns4)[0]) is None
+
+
 def test_nvdisasm_labels():
     funcs = sr.parse_sass(NVDISASM)
     insns = funcs["lbl"]
