@@ -123,6 +123,7 @@ struct XentParams {
 
 using cuda_elem::FromAcc;
 using cuda_elem::to_acc;
+using cuda_elem::pack_to_acc;
 using cuda_elem::store_pack16;
 
 template <typename acc_t>
@@ -143,7 +144,21 @@ __device__ __forceinline__ double quiet_nan<double>() { return CUDART_NAN; }
 // bf16 forward stays memory-bound; d is formed first, so d is exact near the maximum and the
 // relative error of the product only matters for tiny terms. -inf -> 0, NaN -> NaN. double: exp.
 // The per-row formulas (lse, loss, target-class gradient) keep xent_math.h's se_exp / expm1 / log1p.
-__device__ __forceinline__ float elem_exp(float d) { return exp2f(d * 1.44269504088896340736f); }
+//
+// On the device the float version is one MUFU.EX2 (ex2.approx.ftz.f32: max relative error 2^-22 per
+// the PTX ISA) after the multiply, without exp2f's denormal scaling (a compare and two multiplies per
+// element): results below 2^-126 (terms e^-87 below the row maximum) flush to 0, which changes no sum
+// that also holds the maximum's 1 by more than 1e-38, and a gradient element by at most 1.2e-38.
+__device__ __forceinline__ float elem_exp2(float d2) {
+#if defined(__CUDA_ARCH__)
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d2));
+  return r;
+#else
+  return exp2f(d2);
+#endif
+}
+__device__ __forceinline__ float elem_exp(float d) { return elem_exp2(d * 1.44269504088896340736f); }
 __device__ __forceinline__ double elem_exp(double d) { return se_exp(d); }
 
 // 16 bytes of input elements, loaded and stored as one vector.
@@ -210,14 +225,32 @@ __device__ __forceinline__ void stats_raise_max(RowStats<acc_t>& s, acc_t v) {
   }
 }
 
-// Adds one logit that is <= s.m (after stats_raise_max).
+// Adds one logit that is <= s.m (after stats_raise_max). Written as one branch so that ptxas emits a
+// compare and two predicated adds, not selects feeding two adds.
 template <typename acc_t>
 __device__ __forceinline__ void stats_add_exp(RowStats<acc_t>& s, acc_t v) {
-  const bool eq = (v == s.m);
   const acc_t e = elem_exp(v - s.m);
-  s.cnt += eq ? acc_t(1) : acc_t(0);
-  s.rest += eq ? acc_t(0) : e;
+  if (v == s.m) {
+    s.cnt += acc_t(1);
+  } else {
+    s.rest += e;
+  }
 }
+
+// The same with the base-2 exponent (x - m) log2e already formed by the caller (float only).
+__device__ __forceinline__ void stats_add_exp2(RowStats<float>& s, float v, float d2) {
+  const float e = elem_exp2(d2);
+  if (v == s.m) {
+    s.cnt += 1.0f;
+  } else {
+    s.rest += e;
+  }
+}
+
+// Larger of two logits, one FMNMX. NaN is never chosen over a number (as with the comparison it
+// replaces, a NaN reaches the sums through exp instead).
+__device__ __forceinline__ float max_of(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_of(double a, double b) { return fmax(a, b); }
 
 template <typename acc_t>
 __device__ __forceinline__ RowStats<acc_t> stats_merge(const RowStats<acc_t>& x, const RowStats<acc_t>& y) {
@@ -336,14 +369,28 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
   constexpr int V = Pack<scalar_t>::kN;
   acc_t xv[V];
   if (MODE != kModeProbA) {
+    pack_to_acc(xp.v, xv);
+    if constexpr (CAP) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) xv[k] = load_x<CAP>(p, xp.v[k]);
+      for (int k = 0; k < V; ++k) xv[k] = softcap_apply(xv[k], p.cap);
+    }
     acc_t mx = xv[0];
 #pragma unroll
-    for (int k = 1; k < V; ++k) mx = xv[k] > mx ? xv[k] : mx;
+    for (int k = 1; k < V; ++k) mx = max_of(mx, xv[k]);
     stats_raise_max(s, mx);  // one rescale per vector at most
+    if constexpr (sizeof(scalar_t) == 2 && sizeof(acc_t) == 4) {
+      // 16-bit logits: exp(x - m) = 2^(x log2e - m log2e), one FFMA with m log2e rounded once per
+      // vector. That rounding shifts every exponent of the row by at most |m| 2^-24 log2e, a relative
+      // error of at most |m| 2^-24 in each term (6e-6 at |m| = 100), against the 2^-8 resolution of
+      // the input. Entries equal to the maximum are still counted by comparison, never by their exp.
+      // float and double logits keep the exact difference x - m.
+      const acc_t nml = -s.m * acc_t(1.44269504088896340736);
 #pragma unroll
-    for (int k = 0; k < V; ++k) stats_add_exp(s, xv[k]);
+      for (int k = 0; k < V; ++k) stats_add_exp2(s, xv[k], fmaf(xv[k], 1.44269504088896340736f, nml));
+    } else {
+#pragma unroll
+      for (int k = 0; k < V; ++k) stats_add_exp(s, xv[k]);
+    }
   }
   if (MODE == kModeIndex) {
     if (p.weight != nullptr) {
@@ -616,6 +663,11 @@ __device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_
   return index_bwd_row(p, t, lse, g, gl, x_t);
 }
 
+// W: 1 = class weights present, 0 = absent, -1 = test p.weight here (per element).
+template <bool PROB, bool CAP, int W = -1, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t grad_elem_other(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r,
+                                                 int64_t j, acc_t v, acc_t yv, acc_t slope);
+
 // v: the (capped) logit x_j; yv: the probability target (PROB).
 template <bool PROB, bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r, int64_t j,
@@ -624,14 +676,29 @@ __device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p,
   if constexpr (CAP) slope = softcap_slope(v, p.cap);
   if (!PROB && j == r.t) return r.tv * slope;
   if (r.zero) return acc_t(0);
+  return grad_elem_other<PROB, CAP>(p, r, j, v, yv, slope);
+}
+
+// grad_elem() of an element that is not the target class of a row whose r.zero is false.
+template <bool PROB, bool CAP, int W, typename scalar_t, typename acc_t>
+__device__ __forceinline__ acc_t grad_elem_other(const XentParams<scalar_t, acc_t>& p, const BwdRow<acc_t>& r,
+                                                 int64_t j, acc_t v, acc_t yv, acc_t slope) {
+  const bool has_w = W == 1 || (W == -1 && p.weight != nullptr);
   acc_t b;
   if (PROB) {
     b = prob_q(yv, SmoothCoefs<acc_t>{p.on, p.off});
-    if (p.weight != nullptr) b *= p.weight[j];
+    if (has_w) b *= p.weight[j];
   } else {
-    b = weight_at(p, j);
+    b = has_w ? p.weight[j] : acc_t(1);
   }
-  const acc_t gv = r.A * elem_exp(v - r.lse) - r.B * b;
+  acc_t e;
+  if constexpr (sizeof(scalar_t) == 2 && sizeof(acc_t) == 4) {
+    // 16-bit gradients: one FFMA, lse log2e is loop-invariant (error as in push_pack, |lse| 2^-24)
+    e = elem_exp2(fmaf(v, 1.44269504088896340736f, -r.lse * 1.44269504088896340736f));
+  } else {
+    e = elem_exp(v - r.lse);
+  }
+  const acc_t gv = r.A * e - r.B * b;
   if constexpr (CAP) {
     return gv * slope;
   } else {
@@ -653,6 +720,13 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
   if (head > len) head = len;
   const bool y_vec = PROB && ((reinterpret_cast<uintptr_t>(yr + j0) & 15u) == mis);
   const bool g_vec = (reinterpret_cast<uintptr_t>(gr + j0) & 15u) == mis;
+  if (r.zero) {
+    // a row whose gradient is exactly 0 (ignored, no lse gradient): whatever the logits hold
+    // (inf, NaN), nothing is read
+    const scalar_t zero = FromAcc<scalar_t>::cvt(acc_t(0));
+    for (int64_t k = lane; k < len; k += nthr) gr[j0 + k] = zero;
+    return;
+  }
 
   for (int64_t k = lane; k < head; k += nthr) {
     const int64_t j = j0 + k;
@@ -685,10 +759,34 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
       if (iu < nvec) {
         const int64_t j = jv + iu * V;
         Pack<scalar_t> out;
+        // The target class is handled once per vector, not per element.
+        {
+          acc_t xv[V], yv[V], slope[V];
+          pack_to_acc(xp[u].v, xv);
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-          out.v[k] = FromAcc<scalar_t>::cvt(grad_elem<PROB, CAP>(p, r, j + k, load_x<CAP>(p, xp[u].v[k]),
-                                                                 PROB ? to_acc(yp[u].v[k]) : acc_t(0)));
+          for (int k = 0; k < V; ++k) {
+            if constexpr (CAP) xv[k] = softcap_apply(xv[k], p.cap);
+            slope[k] = acc_t(1);
+            if constexpr (CAP) slope[k] = softcap_slope(xv[k], p.cap);
+            yv[k] = PROB ? to_acc(yp[u].v[k]) : acc_t(0);
+          }
+          acc_t gv[V];
+          // one test of the class weights per vector, so that the unweighted path has none per element
+          if (p.weight != nullptr) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) gv[k] = grad_elem_other<PROB, CAP, 1>(p, r, j + k, xv[k], yv[k], slope[k]);
+          } else {
+#pragma unroll
+            for (int k = 0; k < V; ++k) gv[k] = grad_elem_other<PROB, CAP, 0>(p, r, j + k, xv[k], yv[k], slope[k]);
+          }
+          if (!PROB && static_cast<uint64_t>(r.t - j) < static_cast<uint64_t>(V)) {
+#pragma unroll
+            for (int k = 0; k < V; ++k) {
+              if (j + k == r.t) gv[k] = r.tv * slope[k];
+            }
+          }
+#pragma unroll
+          for (int k = 0; k < V; ++k) out.v[k] = FromAcc<scalar_t>::cvt(gv[k]);
         }
         if (g_vec) {
           store_pack16(gr + j, out);

@@ -8,6 +8,7 @@
 #include <cuda_bf16.h>
 
 #include <cstring>
+#include <type_traits>
 
 namespace smoothing_ext {
 namespace cuda_elem {
@@ -16,6 +17,27 @@ __device__ __forceinline__ float to_acc(float v) { return v; }
 __device__ __forceinline__ double to_acc(double v) { return v; }
 __device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
 __device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// Converts 16 bytes of elements (N of them) to the accumulation type. bf16: from the 32-bit words of
+// the pack, the low element is the word shifted left by 16 and the high one the word with its low 16
+// bits cleared -- one integer instruction each, where the per-element conversion also extracts the
+// upper half first (PRMT). Other types convert element by element.
+template <int N, typename T, typename A>
+__device__ __forceinline__ void pack_to_acc(const T (&v)[N], A (&out)[N]) {
+  if constexpr (sizeof(T) == 2 && sizeof(A) == 4 && N % 2 == 0 && !std::is_same<T, __half>::value) {
+    unsigned int w[N / 2];
+    memcpy(w, v, sizeof(w));
+#pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+      const unsigned int lo = w[i] << 16, hi = w[i] & 0xffff0000u;
+      memcpy(&out[2 * i], &lo, 4);
+      memcpy(&out[2 * i + 1], &hi, 4);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < N; ++i) out[i] = to_acc(v[i]);
+  }
+}
 
 // Rounds an accumulation value to the element type (round to nearest even).
 template <typename scalar_t>
