@@ -62,8 +62,9 @@ too. Stores, shuffles and shared-memory traffic count as instructions, not eleme
 there is one, else of the whole body) <= 8
 for forward kernels (fwd_*, BCE forward and sum), <= 12 for backward ones (bwd_*, scale_*, BCE
 backward), <= 20 for fused_*, none for the others (fwd_combine_kernel, bce_sum_finish); every global
-store of the hot loop an STG.E.128 (a 16-byte vector store that ptxas split shows as narrower stores;
-n/a when the hot loop stores nothing, and for *_strided_kernel, which stores one element per position,
+store of the vector path an STG.E.128 (of the whole hot loop where there is no vector path; the scalar
+stores of a misaligned gradient's fall-back are not on it; a 16-byte vector store that ptxas split
+shows as narrower stores; n/a when the hot loop stores nothing, and for *_strided_kernel, which stores one element per position,
 S elements apart); occupancy >= 50%. It only prints: the exit status does not depend on it.
 """
 
@@ -314,7 +315,7 @@ def _vector_bytes(op: str) -> int:
     return acc[1] if acc and acc[0] in _GLOBAL_LOADS + ("STG", "ST") and acc[1] == 16 else 0
 
 
-def vector_path(insns, loop: dict):
+def vector_path(insns, loop: dict, with_path=False):
     """(instructions, 16-byte global load bytes) of the shortest iteration of `loop` that issues every
     16-byte global load and store of its body (heaviest_path() counting only those), or None when no
     path does. In this project's kernels that is the common case -- aligned rows, no class weights,
@@ -325,25 +326,28 @@ def vector_path(insns, loop: dict):
     body = insns[loop["first"]:loop["last"] + 1]
     want = sum(_vector_bytes(op) for _, _, op, _ in body)
     loads = sum(_vector_bytes(op) for _, _, op, _ in body if _vector_bytes(op) and mem_access(op)[0] in _GLOBAL_LOADS)
-    vp = heaviest_path(insns, loop, _vector_bytes)
+    vp = heaviest_path(insns, loop, _vector_bytes, with_path=True)
     if vp is None or vp[1] != want or loads == 0:
         return None
-    return vp[0], loads
+    return (vp[0], loads, vp[2]) if with_path else (vp[0], loads)
 
 
-def heaviest_path(insns, loop: dict, load_bytes=None):
+def heaviest_path(insns, loop: dict, load_bytes=None, with_path=False):
     """(instructions, global load bytes) of one iteration of `loop` along the path that loads the
     most bytes, the shortest such path: from the loop's first instruction to a branch back to its
     start, through fall-throughs and forward branches inside the body (a branch out of the body leaves
     the loop; a backward branch inside it is taken zero times). None when no path gets back.
-    `load_bytes(opcode)` says what a load counts (default: every global load, its width)."""
+    `load_bytes(opcode)` says what a load counts (default: every global load, its width).
+    with_path: a third item, the indices into `insns` of the path's instructions in order."""
     _load_bytes = load_bytes or globals()["_load_bytes"]
     first, last, start = loop["first"], loop["last"], loop["start"]
     addrs = [a for a, *_ in insns]
     n = last - first + 1
     best = [None] * n  # (bytes, -instructions) of the best path reaching instruction first + k
     best[0] = (_load_bytes(insns[first][2]), -1)
+    prev = [None] * n
     done = None
+    done_at = None
     for k in range(n):
         cost = best[k]
         if cost is None:
@@ -353,7 +357,8 @@ def heaviest_path(insns, loop: dict, load_bytes=None):
         t = branch_target(op, ops)
         if t is not None:
             if t == start:
-                done = cost if done is None else max(done, cost)
+                if done is None or cost > done:
+                    done, done_at = cost, k
             elif addr < t <= insns[last][0]:
                 succ.append(bisect.bisect_left(addrs, t) - first)
         if k + 1 < n and not _unconditional(pred, op, ops):
@@ -362,7 +367,17 @@ def heaviest_path(insns, loop: dict, load_bytes=None):
             nc = (cost[0] + _load_bytes(insns[first + j][2]), cost[1] - 1)
             if best[j] is None or nc > best[j]:
                 best[j] = nc
-    return None if done is None else (-done[1], done[0])
+                prev[j] = k
+    if done is None:
+        return None
+    if not with_path:
+        return (-done[1], done[0])
+    path = []
+    k = done_at
+    while k is not None:
+        path.append(first + k)
+        k = prev[k]
+    return (-done[1], done[0], path[::-1])
 
 
 def hot_loop(insns, loops=None):
@@ -375,9 +390,17 @@ def hot_loop(insns, loops=None):
         return None
     best = max(cands, key=lambda i: (stats[i]["load_bytes"], -stats[i]["instructions"], -stats[i]["start"]))
     hp = heaviest_path(insns, loops[best])
-    vp = vector_path(insns, loops[best])
+    vp = vector_path(insns, loops[best], with_path=True)
+    vstores = None
+    if vp:
+        vstores = {}
+        for i in vp[2]:
+            key = mem_counts([insns[i]])
+            for k2, c in key.items():
+                if k2.startswith(("STG.", "ST.")):
+                    vstores[k2] = vstores.get(k2, 0) + c
     return dict(stats[best], path_instructions=hp and hp[0], path_load_bytes=hp and hp[1],
-                vector_instructions=vp and vp[1] and vp[0], vector_load_bytes=vp and vp[1])
+                vector_instructions=vp and vp[0], vector_load_bytes=vp and vp[1], vector_stores=vstores)
 
 
 _DTYPES = [(re.compile(r"(?<![\w:])(?:c10::)?(BFloat16|__nv_bfloat16|bf16)(?!\w)"), "bf16", 2),
@@ -512,7 +535,10 @@ def budget(row: dict) -> dict:
     ipe = row.get("vector_instr_per_element")
     ipe = row["instr_per_element"] if ipe is None else ipe
     res = {"instr/elem": "n/a" if limit is None or ipe is None else ("pass" if ipe <= limit else "FAIL")}
-    stores = (row["hot_loop"] or {}).get("stores", {})
+    hot = row["hot_loop"] or {}
+    stores = hot.get("stores", {})
+    if hot.get("vector_stores") is not None:
+        stores = hot["vector_stores"]  # the vector path's stores: a scalar fall-back is not a 16-byte store
     if not stores or "_strided_" in row["kernel"]:
         res["STG.128"] = "n/a"
     else:

@@ -252,7 +252,15 @@ def test_family_and_budget():
         nested = rows["_Z6nestedIN3c108BFloat16EfEvPKT_PT0_"]
         assert nested["instr_per_element"] == 5 / 9  # 18 bytes of bf16
     b = sr.budget(dict(alt, family="backward"))
-    assert b == {"instr/elem": "pass", "STG.128": "FAIL", "occupancy": "pass"}
+    # the vector path (0x00, 0x10, 0x50, 0x60, 0x80, 0x90) stores only with STG.E.128; the two 16-bit
+    # stores are the fall-back beside it
+    assert alt["hot_loop"]["vector_stores"] == {"STG.128": 1}
+    assert b == {"instr/elem": "pass", "STG.128": "pass", "occupancy": "pass"}
+    # no vector path (the 16-byte store unreachable): the body's stores decide, and 16-bit ones fail
+    guarded = ALTERNATIVES.replace("@P0 BRA 0x50 ;", "@P0 BRA 0x60 ;")
+    (g,) = [r for r in sr.analyze(guarded, RES_USAGE) if r["mangled"] == "_Z3altI13__nv_bfloat16EvPT_"]
+    assert g["hot_loop"]["vector_stores"] is None
+    assert sr.budget(dict(g, family="backward"))["STG.128"] == "FAIL"
     assert sr.budget(dict(alt, family="other"))["instr/elem"] == "n/a"
     assert sr.budget(dict(alt, kernel="bwd_strided_kernel<bf16, float, true, false>"))["STG.128"] == "n/a"
     md = sr.markdown(list(rows.values()), "sm_90") + sr.budget_markdown(list(rows.values()))

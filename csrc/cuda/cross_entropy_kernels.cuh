@@ -363,7 +363,46 @@ __device__ __forceinline__ void push_one(const XentParams<scalar_t, acc_t>& p, R
   }
 }
 
-template <int MODE, bool CAP, typename scalar_t, typename acc_t>
+// Largest logit of U packs (uncapped), for one stats_raise_max per U vectors. 16-bit types: a packed
+// maximum per pair of elements (HMNMX2), converted once at the end.
+template <int U, typename scalar_t>
+__device__ __forceinline__ auto packs_max(const Pack<scalar_t> (&xp)[U]) {
+  constexpr int V = Pack<scalar_t>::kN;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  constexpr bool kPacked = false;  // no HMNMX2 before sm_80: its emulation costs more than FMNMX
+#else
+  constexpr bool kPacked = sizeof(scalar_t) == 2;
+#endif
+  if constexpr (kPacked) {
+    constexpr int kW = U * 4;  // 32-bit words, a power of two
+    static_assert((kW & (kW - 1)) == 0, "packs_max: U must be a power of two");
+    unsigned int w[kW];
+#pragma unroll
+    for (int u = 0; u < U; ++u) memcpy(&w[4 * u], &xp[u], 16);
+    // a tree with constant trip counts, so that every index is static (registers, no local memory)
+#pragma unroll
+    for (int half = kW / 2; half >= 1; half /= 2) {
+#pragma unroll
+      for (int i = 0; i < kW / 2; ++i) {
+        if (i < half) w[i] = cuda_elem::pair_max<scalar_t>(w[i], w[i + half]);
+      }
+    }
+    scalar_t h[2];
+    memcpy(h, &w[0], 4);
+    return max_of(to_acc(h[0]), to_acc(h[1]));
+  } else {
+    auto mx = to_acc(xp[0].v[0]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int k = 0; k < V; ++k) mx = max_of(mx, to_acc(xp[u].v[k]));
+    }
+    return mx;
+  }
+}
+
+// RAISED: the caller has already raised s.m to at least this vector's maximum (packs_max).
+template <int MODE, bool CAP, bool RAISED = false, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, RowStats<acc_t>& s, int64_t j,
                                           const Pack<scalar_t>& xp, const Pack<scalar_t>& yp) {
   constexpr int V = Pack<scalar_t>::kN;
@@ -374,10 +413,12 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
 #pragma unroll
       for (int k = 0; k < V; ++k) xv[k] = softcap_apply(xv[k], p.cap);
     }
-    acc_t mx = xv[0];
+    if constexpr (!RAISED) {
+      acc_t mx = xv[0];
 #pragma unroll
-    for (int k = 1; k < V; ++k) mx = max_of(mx, xv[k]);
-    stats_raise_max(s, mx);  // one rescale per vector at most
+      for (int k = 1; k < V; ++k) mx = max_of(mx, xv[k]);
+      stats_raise_max(s, mx);  // one rescale per vector at most
+    }
     if constexpr (sizeof(scalar_t) == 2 && sizeof(acc_t) == 4) {
       // 16-bit logits: exp(x - m) = 2^(x log2e - m log2e), one FFMA with m log2e rounded once per
       // vector. That rounding shifts every exponent of the row by at most |m| 2^-24 log2e, a relative
@@ -392,8 +433,9 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
       for (int k = 0; k < V; ++k) stats_add_exp(s, xv[k]);
     }
   }
+  const bool has_w = p.weight != nullptr;
   if (MODE == kModeIndex) {
-    if (p.weight != nullptr) {
+    if (has_w) {
 #pragma unroll
       for (int k = 0; k < V; ++k) s.a += p.weight[j + k] * xv[k];
     } else {
@@ -405,7 +447,7 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       acc_t q = prob_q(to_acc(yp.v[k]), c);
-      if (p.weight != nullptr) q *= p.weight[j + k];
+      if (has_w) q *= p.weight[j + k];
       s.a += q;
       if (MODE == kModeProb) s.b += q * xv[k];
     }
@@ -448,8 +490,17 @@ __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& 
         for (int k = 0; k < V; ++k) yp[u].v[k] = yr[j + k];
       }
     }
+    if constexpr (MODE != kModeProbA && !CAP) {
+      // one rescale per U vectors at most (soft-capped logits keep one per vector: the maximum of
+      // the capped values is what the counts compare with)
+      stats_raise_max(s, packs_max(xp));
 #pragma unroll
-    for (int u = 0; u < U; ++u) push_pack<MODE, CAP>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+      for (int u = 0; u < U; ++u)
+        push_pack<MODE, CAP, true>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+    } else {
+#pragma unroll
+      for (int u = 0; u < U; ++u) push_pack<MODE, CAP>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+    }
   }
   for (; i < nvec; i += nthr) {
     const int64_t j = jv + i * V;
@@ -506,9 +557,20 @@ constexpr int kGroupBlock = 256;  // row-per-group kernels (G > 0): 256 threads 
 
 // S == 1. Task = (row, chunk); `splits` chunks of `chunk` elements per row. With splits > 1 the
 // statistics of each chunk go to partial[row * splits + chunk] for fwd_combine_kernel.
-// minBlocksPerSM = 1: without it ptxas spills (double) to stay at 64 registers.
+// minBlocksPerSM: 64 registers (50% occupancy: 2 blocks of 512 or 4 of 256 threads) for the plain
+// float-accumulating index forward, which fits there without spills; 1 for the others (double,
+// soft-capped, probability targets), which ptxas would otherwise spill to stay at 64 registers.
+// (sm_75: 3 blocks of 256, 85 registers: the fp16 row-per-group kernels spill at 64 there.)
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+constexpr int kFwdGroupMinBlocks = 3;
+#else
+constexpr int kFwdGroupMinBlocks = 4;
+#endif
+template <typename acc_t, int MODE, bool CAP, int G>
+constexpr int kFwdMinBlocks = (sizeof(acc_t) == 4 && MODE == kModeIndex && !CAP) ? (G > 0 ? kFwdGroupMinBlocks : 2) : 1;
+
 template <typename scalar_t, typename acc_t, int MODE, bool CAP, int G>
-__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1)
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, (kFwdMinBlocks<acc_t, MODE, CAP, G>))
     fwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk, RowStats<acc_t>* partial) {
   __shared__ RowStats<acc_t> red[32];
   const int64_t gpb = groups_per_block<G>();
@@ -596,7 +658,7 @@ struct BwdRow {
 
 // Index-target row from its upstream gradients g (of the loss) and gl (of lse) and the (capped)
 // target logit x_t, which is only read for a valid, not ignored t.
-template <typename scalar_t, typename acc_t>
+template <bool CAP, typename scalar_t, typename acc_t>
 __device__ __forceinline__ BwdRow<acc_t> index_bwd_row(const XentParams<scalar_t, acc_t>& p, int64_t t, acc_t lse,
                                                        acc_t g, acc_t gl, acc_t x_t) {
   BwdRow<acc_t> r;
@@ -617,6 +679,7 @@ __device__ __forceinline__ BwdRow<acc_t> index_bwd_row(const XentParams<scalar_t
     r.t = t;
     r.tv = g * index_target_grad(x_t, lse, w_t, W, c);
     if (gl != acc_t(0)) r.tv += gl * se_exp(x_t - lse);
+    if constexpr (CAP) r.tv *= softcap_slope(x_t, p.cap);  // the chain rule of the cap, at x_t
   }
   r.zero = (r.A == acc_t(0) && r.B == acc_t(0));
   return r;
@@ -660,7 +723,7 @@ __device__ __forceinline__ BwdRow<acc_t> bwd_row(const XentParams<scalar_t, acc_
     gl = p.grad_lse != nullptr ? p.grad_lse[pos] : acc_t(0);
     if (has_t) x_t = load_x<CAP>(p, p.x[row_base(pos, p.C, p.S) + t * p.S]);
   }
-  return index_bwd_row(p, t, lse, g, gl, x_t);
+  return index_bwd_row<CAP>(p, t, lse, g, gl, x_t);
 }
 
 // W: 1 = class weights present, 0 = absent, -1 = test p.weight here (per element).
@@ -674,7 +737,7 @@ __device__ __forceinline__ acc_t grad_elem(const XentParams<scalar_t, acc_t>& p,
                                            acc_t v, acc_t yv) {
   acc_t slope = acc_t(1);
   if constexpr (CAP) slope = softcap_slope(v, p.cap);
-  if (!PROB && j == r.t) return r.tv * slope;
+  if (!PROB && j == r.t) return r.tv;
   if (r.zero) return acc_t(0);
   return grad_elem_other<PROB, CAP>(p, r, j, v, yv, slope);
 }
@@ -759,7 +822,7 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
       if (iu < nvec) {
         const int64_t j = jv + iu * V;
         Pack<scalar_t> out;
-        // The target class is handled once per vector, not per element.
+        // The target class gets the common formula here and is rewritten after the loop.
         {
           acc_t xv[V], yv[V], slope[V];
           pack_to_acc(xp[u].v, xv);
@@ -779,12 +842,6 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
 #pragma unroll
             for (int k = 0; k < V; ++k) gv[k] = grad_elem_other<PROB, CAP, 0>(p, r, j + k, xv[k], yv[k], slope[k]);
           }
-          if (!PROB && static_cast<uint64_t>(r.t - j) < static_cast<uint64_t>(V)) {
-#pragma unroll
-            for (int k = 0; k < V; ++k) {
-              if (j + k == r.t) gv[k] = r.tv * slope[k];
-            }
-          }
 #pragma unroll
           for (int k = 0; k < V; ++k) out.v[k] = FromAcc<scalar_t>::cvt(gv[k]);
         }
@@ -797,6 +854,10 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
       }
     }
   }
+  // The target class inside the vectors: the thread that stored its vector above (vector i goes to
+  // lane i % nthr) overwrites it, so program order makes this store the last one. r.tv already holds
+  // the cap's chain-rule factor, and no logit is read (in place, x_t is gone by now).
+  if (!PROB && r.t >= jv && r.t < jv + nvec * V && ((r.t - jv) / V) % nthr == lane) gr[r.t] = FromAcc<scalar_t>::cvt(r.tv);
   for (int64_t k = head + nvec * V + lane; k < len; k += nthr) {
     const int64_t j = j0 + k;
     gr[j] = FromAcc<scalar_t>::cvt(
@@ -806,14 +867,24 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
 
 // minBlocksPerSM of bwd_rows_kernel. 0 emits none: ptxas's own register choice, which keeps the plain
 // float kernels at higher occupancy than a bound of 1 would. Where that choice (64 registers at 512
-// threads, 80 at 256) spills -- double probability targets, and some soft-capped / fused-split
-// instances -- 1 lets ptxas use what the code needs.
-template <typename acc_t, bool PROB, bool CAP, bool FUSED>
-constexpr int kBwdMinBlocks = (CAP || FUSED || (PROB && sizeof(acc_t) == 8)) ? 1 : 0;
+// threads, 80 at 256) spills -- double probability targets, double row-per-group kernels on sm_75/80,
+// and some soft-capped / fused-split instances -- 1 lets ptxas use what the code needs.
+// The float-accumulating index-target row-per-group kernels (256 threads) get 4: 64 registers, 50%,
+// no spills -- for 16-bit inputs only from sm_90 on (sm_75/80 spill there).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kBwdGroup16At64 = false;
+#else
+constexpr bool kBwdGroup16At64 = true;
+#endif
+template <typename scalar_t, typename acc_t, bool PROB, bool CAP, bool FUSED, int G>
+constexpr int kBwdMinBlocks =
+    (CAP || FUSED || (sizeof(acc_t) == 8 && (PROB || G > 0)))
+        ? 1
+        : ((sizeof(acc_t) == 4 && !PROB && G > 0 && (sizeof(scalar_t) == 4 || kBwdGroup16At64)) ? 4 : 0);
 
 // S == 1. Elementwise over segments [j0, j0 + len) of rows, same decomposition as the forward.
 template <typename scalar_t, typename acc_t, bool PROB, bool CAP, bool FUSED, int G>
-__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, (kBwdMinBlocks<acc_t, PROB, CAP, FUSED>))
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, (kBwdMinBlocks<scalar_t, acc_t, PROB, CAP, FUSED, G>))
     bwd_rows_kernel(XentParams<scalar_t, acc_t> p, int64_t splits, int64_t chunk) {
   const int64_t gpb = groups_per_block<G>();
   const int64_t ntasks = p.N * splits;
@@ -855,7 +926,8 @@ __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 
 // S == 1, whole rows (splits == 1): a group (8 lanes, a warp or the block) reduces its row, writes
 // loss and lse, and writes the gradient. p.grad_input may equal p.x.
 template <typename scalar_t, typename acc_t, bool CAP, int G>
-__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1) fused_rows_kernel(XentParams<scalar_t, acc_t> p) {
+__global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, (kFwdMinBlocks<acc_t, kModeIndex, CAP, G>))
+    fused_rows_kernel(XentParams<scalar_t, acc_t> p) {
   __shared__ RowStats<acc_t> red[32];
   __shared__ RowStats<acc_t> bcast;  // G == 0: block_reduce leaves the result in thread 0 only
   const int64_t gpb = groups_per_block<G>();
@@ -890,7 +962,7 @@ __global__ void __launch_bounds__(G > 0 ? kGroupBlock : kMaxBlock, 1) fused_rows
     }
     acc_t g, gl;
     fused_upstream(p, t, lse, g, gl);
-    const BwdRow<acc_t> r = index_bwd_row(p, t, lse, g, gl, x_t);
+    const BwdRow<acc_t> r = index_bwd_row<CAP>(p, t, lse, g, gl, x_t);
     grad_segment<false, CAP>(p, r, p.x + row * p.C, static_cast<const scalar_t*>(nullptr),
                              p.grad_input + row * p.C, 0, p.C, lane, nthr);
   }
@@ -930,7 +1002,7 @@ __global__ void __launch_bounds__(kStridedX * kStridedY, sizeof(acc_t) == 8 ? 2 
       p.loss[pos] = index_loss(p, t, lse, s.a, x_t);
       acc_t g, gl;
       fused_upstream(p, t, lse, g, gl);
-      rows[threadIdx.x] = index_bwd_row(p, t, lse, g, gl, x_t);
+      rows[threadIdx.x] = index_bwd_row<CAP>(p, t, lse, g, gl, x_t);
     }
     __syncthreads();
     if (pos < npos) {

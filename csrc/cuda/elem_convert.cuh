@@ -39,6 +39,36 @@ __device__ __forceinline__ void pack_to_acc(const T (&v)[N], A (&out)[N]) {
   }
 }
 
+// Larger of the two 16-bit floats of a 32-bit word, per half: a and b hold pairs of T (__half or
+// __nv_bfloat16). One HMNMX2 on sm_80+; NaN is never chosen over a number (as fmaxf).
+template <typename T>
+__device__ __forceinline__ unsigned int pair_max(unsigned int a, unsigned int b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using T2 = typename std::conditional<std::is_same<T, __half>::value, __half2, __nv_bfloat162>::type;
+  T2 x, y;
+  memcpy(&x, &a, 4);
+  memcpy(&y, &b, 4);
+  const T2 r = __hmax2(x, y);
+  unsigned int out;
+  memcpy(&out, &r, 4);
+  return out;
+#else
+  T x[2], y[2];
+  memcpy(x, &a, 4);
+  memcpy(y, &b, 4);
+  float m[2];
+  for (int i = 0; i < 2; ++i) {
+    const float fx = to_acc(x[i]), fy = to_acc(y[i]);
+    m[i] = fx != fx ? fy : (fy != fy ? fx : (fx > fy ? fx : fy));
+  }
+  // the larger input itself, bit for bit (no rounding: it is one of the two)
+  T r[2] = {m[0] == to_acc(x[0]) ? x[0] : y[0], m[1] == to_acc(x[1]) ? x[1] : y[1]};
+  unsigned int out;
+  memcpy(&out, r, 4);
+  return out;
+#endif
+}
+
 // Rounds an accumulation value to the element type (round to nearest even).
 template <typename scalar_t>
 struct FromAcc;
