@@ -846,7 +846,7 @@ __device__ __forceinline__ void grad_segment(const XentParams<scalar_t, acc_t>& 
           for (int k = 0; k < V; ++k) out.v[k] = FromAcc<scalar_t>::cvt(gv[k]);
         }
         if (g_vec) {
-          store_pack16(gr + j, out);
+          store_pack16<sizeof(scalar_t) == 4>(gr + j, out);  // float: NVVM splits the plain store (unknown alignment)
         } else {
 #pragma unroll
           for (int k = 0; k < V; ++k) gr[j + k] = out.v[k];
