@@ -231,6 +231,26 @@ def _check_args(
 _SMOOTHING_MODES = ("uniform", "off_target")
 
 
+def _check_grad_scale(who: str, grad_scale: Any, grad_in_forward: bool) -> None:
+    """grad_scale: None, or a finite non-zero Python number, with grad_in_forward=True. A tensor is
+    refused: its value would be needed on the host to rule out 0 (a zero would make the kept
+    gradient unrecoverable), which costs a synchronisation."""
+    if grad_scale is None:
+        return
+    if isinstance(grad_scale, bool) or not isinstance(grad_scale, (int, float)):
+        raise TypeError(
+            f"{who}: grad_scale must be None or a Python number (the upstream gradient the loss will get, e.g. "
+            f"1 / accumulation_steps), got {type(grad_scale).__name__}"
+        )
+    if not (math.isfinite(grad_scale) and grad_scale != 0):
+        raise ValueError(f"{who}: grad_scale must be a finite, non-zero number, got {grad_scale}")
+    if not grad_in_forward:
+        raise ValueError(
+            f"{who}: grad_scale announces the upstream gradient to the gradient computed in the forward; "
+            "it needs grad_in_forward=True"
+        )
+
+
 def _check_extras(
     input: Tensor,
     target: Tensor,
@@ -331,13 +351,19 @@ class _FusedCrossEntropy(torch.autograd.Function):
         z_loss: float,
         reduction: str,
         inplace: bool,
+        grad_scale: Optional[float],
     ):
         ops = torch.ops.smoothing_ext
         acc = torch.float64 if input.dtype == torch.float64 else torch.float32
         denom = _mean_denominator(target, weight, ignore_index, acc) if reduction == "mean" else None
         # mean: the 1 / denominator is folded into the gradient as it is computed (read on the
-        # device, no host sync)
+        # device, no host sync); so is grad_scale, the upstream gradient the caller announced
         scale = None if denom is None else (1.0 / denom).reshape(())
+        if grad_scale is not None:
+            scale = (
+                torch.full((), grad_scale, dtype=acc, device=input.device) if scale is None else scale * grad_scale
+            )
+        ctx.grad_scale = grad_scale
         args = (target, weight, ignore_index, label_smoothing, off_target, softcap, z_loss, scale)
         if inplace:
             loss, lse = ops.cross_entropy_fused_(input, *args)
@@ -370,7 +396,10 @@ class _FusedCrossEntropy(torch.autograd.Function):
         create_graph = torch.is_grad_enabled()
         (grad,) = ctx.saved_tensors
         with torch.no_grad():
-            torch.ops.smoothing_ext._scale_grad_rows_(grad, grad_out)
+            # The kept gradient already holds grad_scale: the factor left is exactly 1 (every row
+            # skipped, no pass over the gradient) when the upstream gradient is what was announced.
+            factor = grad_out if ctx.grad_scale is None else grad_out / ctx.grad_scale
+            torch.ops.smoothing_ext._scale_grad_rows_(grad, factor)
         if create_graph:
             # As @once_differentiable, with a message naming the option: the first-order gradient is
             # returned, and differentiating it again raises at that moment.
@@ -382,7 +411,7 @@ class _FusedCrossEntropy(torch.autograd.Function):
                 1,
             )
             grad = err(grad.detach().requires_grad_())
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
     @staticmethod
     def jvp(ctx: Any, *tangents: Any) -> Any:
@@ -428,6 +457,7 @@ def cross_entropy(
     softcap: Optional[float] = None,
     grad_in_forward: bool = False,
     inplace_backward: bool = False,
+    grad_scale: Optional[float] = None,
     process_group: Optional[Any] = None,
     class_start: Optional[int] = None,
     num_classes: Optional[int] = None,
@@ -488,6 +518,14 @@ def cross_entropy(
             afterwards, and autograd raises if anything else saved it for its backward). ``input``
             must be contiguous and not a leaf tensor that requires grad (as for any in-place op).
             Without a gradient to compute, nothing is written.
+        grad_scale: with ``grad_in_forward=True``, the upstream gradient the loss will receive, when
+            it is known at the forward: ``1 / k`` for ``(loss / k).backward()`` (gradient accumulation
+            over k micro-batches), ``s`` for ``(loss * s).backward()`` (a fixed loss scale). The
+            gradient is computed with that factor inside the kernel, and the backward then has nothing
+            left to do (no pass over the N x C gradient) when the upstream gradient is exactly that
+            number in the loss dtype -- always so for powers of two. Any other upstream gradient is
+            still applied exactly, at the cost of that pass. Results never depend on it. A finite,
+            non-zero Python number.
         process_group, class_start, num_classes: vocabulary-parallel logits (tensor parallelism):
             ``input`` is this rank's ``(N, V_r)`` slice of the classes ``[class_start, class_start +
             V_r)`` of ``num_classes`` (default: the sum of the ranks' widths) over ``process_group``;
@@ -518,6 +556,7 @@ def cross_entropy(
         ``ignore_index`` raises ``IndexError`` on the CPU; on CUDA (where raising would need a host
         synchronisation) that element's loss and its row of the gradient are NaN instead.
     """
+    _check_grad_scale("smoothing_ext.cross_entropy", grad_scale, grad_in_forward)
     parallel = _parallel.maybe_parallel(
         input, target, weight=weight, size_average=size_average, ignore_index=ignore_index, reduce=reduce,
         reduction=reduction, label_smoothing=label_smoothing, smoothing_mode=smoothing_mode, z_loss=z_loss,
@@ -557,7 +596,7 @@ def cross_entropy(
             inplace_backward = False  # nothing to write; keeps empty inputs on the plain path
         out, z_out = _FusedCrossEntropy.apply(
             input, target, weight, ignore_index, label_smoothing, off_target, softcap, z_loss, reduction,
-            bool(inplace_backward),
+            bool(inplace_backward), None if grad_scale is None else float(grad_scale),
         )
         out = out.to(out_dtype)
         return (out, z_out.to(out_dtype)) if return_z_loss else out

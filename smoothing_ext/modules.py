@@ -14,7 +14,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from .functional import _SMOOTHING_MODES, cross_entropy
+from .functional import _SMOOTHING_MODES, _check_grad_scale, cross_entropy
 
 __all__ = ["CrossEntropyLoss", "LabelSmoothingCrossEntropy"]
 
@@ -26,6 +26,7 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
     "softcap": None,
     "grad_in_forward": False,
     "inplace_backward": False,
+    "grad_scale": None,
     "process_group": None,
     "class_start": None,
     "num_classes": None,
@@ -34,7 +35,7 @@ _EXTRA_DEFAULTS: dict[str, Any] = {
 
 def _check_extra_options(
     cls_name: str, smoothing_mode: str, z_loss: float, softcap: Optional[float],
-    grad_in_forward: bool, inplace_backward: bool,
+    grad_in_forward: bool, inplace_backward: bool, grad_scale: Optional[float] = None,
 ) -> None:
     # These options are this package's own: a typo in one is reported at construction, where
     # it was made (PyTorch's own arguments are left to the forward, as PyTorch does).
@@ -46,6 +47,7 @@ def _check_extra_options(
         raise ValueError(f"{cls_name}: softcap must be None or a finite number > 0, got {softcap}")
     if inplace_backward and not grad_in_forward:
         raise ValueError(f"{cls_name}: inplace_backward=True needs grad_in_forward=True")
+    _check_grad_scale(cls_name, grad_scale, grad_in_forward)
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -56,7 +58,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     reduction, label_smoothing`` (``size_average``/``reduce`` are deprecated and, when given,
     override ``reduction`` with PyTorch's warning). ``weight`` is a buffer, as in PyTorch. The
     keyword-only arguments (``smoothing_mode``, ``z_loss``, ``return_z_loss``, ``softcap``,
-    ``grad_in_forward``, ``inplace_backward``, and ``process_group``/``class_start``/``num_classes``
+    ``grad_in_forward``, ``inplace_backward``, ``grad_scale``, and ``process_group``/``class_start``/``num_classes``
     for vocabulary-parallel logits) go beyond PyTorch and appear in ``repr`` when not at
     their defaults; see :func:`smoothing_ext.cross_entropy` for all of them.
     """
@@ -76,18 +78,22 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
         softcap: Optional[float] = None,
         grad_in_forward: bool = False,
         inplace_backward: bool = False,
+        grad_scale: Optional[float] = None,
         process_group: Optional[Any] = None,
         class_start: Optional[int] = None,
         num_classes: Optional[int] = None,
     ) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
-        _check_extra_options(type(self).__name__, smoothing_mode, z_loss, softcap, grad_in_forward, inplace_backward)
+        _check_extra_options(
+            type(self).__name__, smoothing_mode, z_loss, softcap, grad_in_forward, inplace_backward, grad_scale
+        )
         self.smoothing_mode = smoothing_mode
         self.z_loss = float(z_loss)
         self.return_z_loss = bool(return_z_loss)
         self.softcap = None if softcap is None else float(softcap)
         self.grad_in_forward = bool(grad_in_forward)
         self.inplace_backward = bool(inplace_backward)
+        self.grad_scale = None if grad_scale is None else float(grad_scale)
         # vocabulary-parallel logits (see smoothing_ext.cross_entropy); a DTensor input needs none
         self.process_group = process_group
         self.class_start = class_start
@@ -108,6 +114,7 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
             softcap=self.softcap,
             grad_in_forward=self.grad_in_forward,
             inplace_backward=self.inplace_backward,
+            grad_scale=self.grad_scale,
             process_group=self.process_group,
             class_start=self.class_start,
             num_classes=self.num_classes,

@@ -365,6 +365,79 @@ def test_fused_mode_errors_and_fallbacks(device):
         assert torch.equal(h.detach(), before)
 
 
+class _ScaleLog(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the factor of every _scale_grad_rows_ call (the backward's pass over the gradient)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.factors: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is ops._scale_grad_rows_.default:
+            self.factors.append(args[1].detach().clone())
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("grad_scale", [0.25, 1 / 3, 8.0])
+def test_fused_grad_scale_matches_reference(device, dtype, reduction, inplace, grad_scale):
+    """(loss * s).backward() with grad_scale=s: the gradient of the float64 reference with upstream s;
+    for the powers of two the backward's factor is exactly 1 (its pass skips every row)."""
+    x, t, w, C = _data(device, (24, 300), dtype)
+    xl = x.detach().clone().requires_grad_()
+    h = xl * 1 if inplace else xl
+    out = smoothing_ext.cross_entropy(h, t, weight=w.to(dtype), reduction=reduction, label_smoothing=0.1,
+                                      z_loss=1e-3, grad_in_forward=True, inplace_backward=inplace,
+                                      grad_scale=grad_scale)
+    log = _ScaleLog()
+    with log:
+        (out * grad_scale).sum().backward()
+    upstream = torch.full(t.shape if reduction == "none" else (), grad_scale, dtype=torch.float64, device=device)
+    ref, gref = _grad(lambda v: reference_cross_entropy(v, t, weight=w.to(dtype).double(), reduction=reduction,
+                                                        label_smoothing=0.1, z_loss=1e-3), x.double(), upstream)
+    assert_close(out, ref, dtype, scale=4.0 if reduction == "sum" else 1.0)
+    assert_close(xl.grad, gref, dtype)
+    assert len(log.factors) == 1
+    if grad_scale in (0.25, 8.0):
+        assert torch.all(log.factors[0] == 1), log.factors[0]
+
+
+def test_fused_grad_scale_other_upstream_is_still_exact(device):
+    """A promise not kept (a plain backward, per-row upstream gradients) costs the pass, not exactness."""
+    x, t, w, C = _data(device, (16, 200), torch.float32)
+    for make in (lambda f: f("mean"), lambda f: (f("none") * torch.linspace(-1, 2, 16, device=device)).sum()):
+        grads = []
+        for fused in (False, True):
+            xl = x.detach().clone().requires_grad_()
+            kw = dict(grad_in_forward=True, grad_scale=0.125) if fused else {}
+            make(lambda r: smoothing_ext.cross_entropy(xl, t, weight=w, reduction=r, label_smoothing=0.1, **kw)).backward()
+            grads.append(xl.grad)
+        assert_close(grads[1], grads[0].double(), torch.float32)
+
+
+def test_grad_scale_errors():
+    x, t, w, C = _data("cpu", (4, 10), torch.float32)
+    x.requires_grad_()
+    with pytest.raises(ValueError, match="needs grad_in_forward=True"):
+        smoothing_ext.cross_entropy(x, t, grad_scale=0.5)
+    with pytest.raises(TypeError, match="grad_scale must be None or a Python number.*Tensor"):
+        smoothing_ext.cross_entropy(x, t, grad_in_forward=True, grad_scale=torch.tensor(0.5))
+    for bad in (0.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite, non-zero"):
+            smoothing_ext.cross_entropy(x, t, grad_in_forward=True, grad_scale=bad)
+    with pytest.raises(ValueError, match="CrossEntropyLoss: grad_scale .* needs grad_in_forward=True"):
+        smoothing_ext.CrossEntropyLoss(grad_scale=0.5)
+    m = smoothing_ext.CrossEntropyLoss(grad_in_forward=True, grad_scale=0.5)
+    assert "grad_scale=0.5" in repr(m)
+    (m(x * 1, t) * 0.5).backward()
+    gx = x.grad.clone()
+    x.grad = None
+    (F.cross_entropy(x, t) * 0.5).backward()
+    assert_close(gx, x.grad.double(), torch.float32)
+
+
 def test_fused_without_gradient_is_forward_only(device):
     """No gradient needed (no_grad, eval, logits that do not require grad): grad_in_forward is a
     no-op and inplace_backward writes nothing."""
