@@ -139,11 +139,12 @@ __device__ __forceinline__ float quiet_nan<float>() { return CUDART_NAN_F; }
 template <>
 __device__ __forceinline__ double quiet_nan<double>() { return CUDART_NAN; }
 
-// exp(d) for d = x - m <= 0 (or x - lse), once per element and pass. float: exp2f of d * log2(e)
-// (MUFU.EX2 plus denormal handling, ~2 ulp) instead of the longer accurate expf sequence, so that the
-// bf16 forward stays memory-bound; d is formed first, so d is exact near the maximum and the
-// relative error of the product only matters for tiny terms. -inf -> 0, NaN -> NaN. double: exp.
-// The per-row formulas (lse, loss, target-class gradient) keep xent_math.h's se_exp / expm1 / log1p.
+// exp(d) for d = x - m <= 0 (or x - lse), once per element and pass. float: 2^(d * log2(e)) instead
+// of the longer accurate expf sequence, so that the bf16 forward stays memory-bound; d is formed
+// first, so d is exact near the maximum and the relative error of the product only matters for tiny
+// terms (16-bit logits form the exponent with one FFMA instead, see push_pack). -inf -> 0,
+// NaN -> NaN. double: exp. The per-row formulas (lse, loss, target-class gradient) keep
+// xent_math.h's se_exp / expm1 / log1p.
 //
 // On the device the float version is one MUFU.EX2 (ex2.approx.ftz.f32: max relative error 2^-22 per
 // the PTX ISA) after the multiply, without exp2f's denormal scaling (a compare and two multiplies per
