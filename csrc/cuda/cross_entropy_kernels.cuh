@@ -403,9 +403,12 @@ __device__ __forceinline__ auto packs_max(const Pack<scalar_t> (&xp)[U]) {
 }
 
 // RAISED: the caller has already raised s.m to at least this vector's maximum (packs_max).
-template <int MODE, bool CAP, bool RAISED = false, typename scalar_t, typename acc_t>
+// COUNT = false: the caller knows that no element of the vector equals s.m (its maximum is below it),
+// so every term goes to `rest` without the comparison and the two predicated adds of count-of-max.
+template <int MODE, bool CAP, bool RAISED = false, bool COUNT = true, typename scalar_t, typename acc_t>
 __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, RowStats<acc_t>& s, int64_t j,
                                           const Pack<scalar_t>& xp, const Pack<scalar_t>& yp) {
+  static_assert(COUNT || RAISED, "push_pack: COUNT = false needs the maximum raised by the caller");
   constexpr int V = Pack<scalar_t>::kN;
   acc_t xv[V];
   if (MODE != kModeProbA) {
@@ -428,10 +431,23 @@ __device__ __forceinline__ void push_pack(const XentParams<scalar_t, acc_t>& p, 
       // float and double logits keep the exact difference x - m.
       const acc_t nml = -s.m * acc_t(1.44269504088896340736);
 #pragma unroll
-      for (int k = 0; k < V; ++k) stats_add_exp2(s, xv[k], fmaf(xv[k], 1.44269504088896340736f, nml));
+      for (int k = 0; k < V; ++k) {
+        const float d2 = fmaf(xv[k], 1.44269504088896340736f, nml);
+        if constexpr (COUNT) {
+          stats_add_exp2(s, xv[k], d2);
+        } else {
+          s.rest += elem_exp2(d2);
+        }
+      }
     } else {
 #pragma unroll
-      for (int k = 0; k < V; ++k) stats_add_exp(s, xv[k]);
+      for (int k = 0; k < V; ++k) {
+        if constexpr (COUNT) {
+          stats_add_exp(s, xv[k]);
+        } else {
+          s.rest += elem_exp(xv[k] - s.m);
+        }
+      }
     }
   }
   const bool has_w = p.weight != nullptr;
@@ -494,10 +510,22 @@ __device__ __forceinline__ void scan_segment(const XentParams<scalar_t, acc_t>& 
     if constexpr (MODE != kModeProbA && !CAP) {
       // one rescale per U vectors at most (soft-capped logits keep one per vector: the maximum of
       // the capped values is what the counts compare with)
-      stats_raise_max(s, packs_max(xp));
+      const acc_t gm = packs_max(xp);
+      stats_raise_max(s, gm);
+      // double keeps the counting path everywhere: the second copy of the unrolled body costs it 27
+      // registers (25% occupancy) for a loop that its software exp dominates anyway
+      if (sizeof(acc_t) == 8 || gm == s.m) {
+        // the group holds the running maximum (it raised it, or ties it): count its entries
 #pragma unroll
-      for (int u = 0; u < U; ++u)
-        push_pack<MODE, CAP, true>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+        for (int u = 0; u < U; ++u)
+          push_pack<MODE, CAP, true>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+      } else {
+        // every entry is below the maximum (or gm is NaN, which reaches `rest` through exp): the
+        // common case, all groups of a row but the few that raise or tie its maximum
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          push_pack<MODE, CAP, true, false>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);
+      }
     } else {
 #pragma unroll
       for (int u = 0; u < U; ++u) push_pack<MODE, CAP>(p, s, jv + (i + u * static_cast<int64_t>(nthr)) * V, xp[u], yp[u]);

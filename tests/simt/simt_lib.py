@@ -287,6 +287,20 @@ def grid_cases(quick: bool = False):
                                                eps=0.0, grad_lse=False, misalign=False, ties=True)))
         cases.append((f"index-confident-{dt}", dict(kind="index", dtype=dt, N=16, C=5000, seed=i + 110, weight=False,
                                                     eps=0.0, grad_lse=False, misalign=False, confident=True)))
+        # the forward's vector groups below the running maximum skip count-of-max: a few entries tied at
+        # the maximum far apart (groups in between take the fast path), and rows whose maximum rises in
+        # every group (ascending logits). The 4-vector loop runs when a thread gets at least 4 vectors:
+        # C = 1500 (one warp per row) and C = 20000 (512 threads per row) reach it, C = 5000 does not.
+        for C in (1500, 20000):
+            cases.append((f"index-confident-{dt}-C{C}", dict(kind="index", dtype=dt, N=6, C=C, seed=i + 140 + C,
+                                                             weight=False, eps=0.0, grad_lse=False, misalign=False,
+                                                             confident=True)))
+            cases.append((f"index-sparse-ties-{dt}-C{C}", dict(kind="index", dtype=dt, N=6, C=C, seed=i + 120 + C,
+                                                               weight=False, eps=0.1, grad_lse=True, misalign=False,
+                                                               sparse_ties=True)))
+            cases.append((f"index-ascending-{dt}-C{C}", dict(kind="index", dtype=dt, N=6, C=C, seed=i + 130 + C,
+                                                             weight=False, eps=0.1, grad_lse=False, misalign=False,
+                                                             ascending=True)))
     # -inf logits (eps = 0: no 0 * inf), out-of-range targets (documented NaN)
     cases.append(("index-neginf-float32", dict(kind="index", dtype="float32", N=12, C=300, seed=7, weight=False,
                                                eps=0.0, grad_lse=False, misalign=False, neginf=True)))
@@ -431,6 +445,16 @@ def make_inputs(cfg):
     if cfg.get("confident"):
         x64 = torch.randn(shape, generator=gen, dtype=torch.float64)
         x64.view(N, C)[torch.arange(N), t] = 25.0 + torch.arange(N, dtype=torch.float64)
+    if cfg.get("sparse_ties"):
+        # three copies of the row maximum at random places (exactly representable in every dtype)
+        rows = x64.view(N, C)
+        for r in range(N):
+            rows[r, torch.randperm(C, generator=gen)[:3]] = 16.0
+    if cfg.get("ascending"):
+        # the running maximum rises in every vector group; some rows end on a tie
+        rows = x64.view(N, C)
+        rows.copy_(torch.linspace(-8.0, 8.0, C, dtype=torch.float64).expand(N, C).clone())
+        rows[::2, -2] = 8.0
     if cfg.get("neginf"):
         x64.view(-1)[:: 7] = float("-inf")
         flat = x64.view(N, C)
@@ -614,6 +638,10 @@ def run_case(kern: SimtKernels, name: str, cfg) -> list[str]:
         else:
             check("loss", loss, rloss, _acc_tol(x.dtype))
         check("lse", lse, rlse, _acc_tol(x.dtype))
+        if cfg.get("confident"):
+            # loss ~ 1 - p_t ~ 1e-7 here: relative, so that a maximum summed into `rest` instead of
+            # counted (its 1 swallowing the other terms) fails, where the absolute tolerance would not
+            check("loss of confident rows, relative", loss, rloss, dict(rtol=1e-3, atol=0))
         grad = kern.backward(g.to(acc), gl_, x, t, w, rlse, -100, eps, offt, cap, num_sms=sms)
         if use_cpu:
             rgrad = ops._cross_entropy_backward(g.to(acc), gl_, x.contiguous(), t_ref, w, rlse, -100, eps, *extra)
